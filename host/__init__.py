@@ -1,0 +1,1 @@
+"""Host runtime and command-line interface."""

@@ -1,0 +1,1 @@
+"""Amaranth gateware: the ternary matrix-vector engine and its memories."""

@@ -1,0 +1,1 @@
+"""The golden model (arithmetic spec), cocotb testbenches and simulator runners."""

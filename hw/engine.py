@@ -165,6 +165,7 @@ class TernaryMatVec(wiring.Component):
 
     def __init__(self, *, params):
         if not isinstance(params, EngineParams):
+            self._MustUse__silence = True  # a rejected constructor call is not an unused design
             raise TypeError(f"params must be an EngineParams, not {params!r}")
         self._params = params
         self._layouts = EngineLayouts(params)

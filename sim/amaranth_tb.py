@@ -59,12 +59,13 @@ def run_engine_products(engine, jobs, *, seed, stall_prob=0.3, vcd=None):
     in_stalls = Stalls(rng, stall_prob)
     out_stalls = Stalls(np.random.default_rng(seed + 1), stall_prob)
     expected_rows = [w.shape[0] for w, xs in jobs for _ in xs]
+    for w, xs in jobs:  # reject what cannot fit before simulating anything
+        p.check_shape(*np.shape(w))
     produced = []
 
     async def feeder(ctx):
         for w, xs in jobs:
             m, k = w.shape
-            p.check_shape(m, k)
             for addr, word in enumerate(golden.weight_words(w, lanes=p.lanes, trits=p.trits, packing=p.packing)):
                 await stream_put(ctx, engine.wr, lay.weight_write_bits(addr=addr, word=word), in_stalls)
             for x in xs:

@@ -77,7 +77,7 @@ EPS = 1e-5
 
 def _first_bad(mask, arr):
     idx = tuple(int(i) for i in np.argwhere(mask)[0])
-    return idx, arr[idx]
+    return idx, arr[idx].item()
 
 
 def check_ternary(w, name="weights"):
@@ -91,7 +91,7 @@ def check_ternary(w, name="weights"):
             if arr.size and bad.any():
                 idx, val = _first_bad(bad, arr)
                 raise TritiumValueError(
-                    f"{name}[{', '.join(map(str, idx))}] = {val!r} is not ternary (must be -1, 0 or +1)")
+                    f"{name}[{', '.join(map(str, idx))}] = {val} is not ternary (must be -1, 0 or +1)")
             raise TritiumValueError(f"{name} must be an integer array, got dtype {arr.dtype}")
     bad = (arr < -1) | (arr > 1)
     if bad.any():
@@ -205,7 +205,8 @@ def base3_decode_byte(b):
     """Decode one BASE3 byte (or array of bytes) into five codes, first trit first.
 
     Trit ``n`` is ``((b * 3**n) mod 256) * 3 >> 8``: a chain of five x3 steps where
-    each step's carry-out above bit 7 is the code. Bytes above 242 (q > 242) are invalid.
+    each step's carry-out above bit 7 is the code. Every byte decodes to five valid codes;
+    the 243 bytes :func:`pack_base3` produces decode back to what was packed.
     """
     b = np.asarray(b, np.int32)
     out = []
@@ -222,9 +223,6 @@ def unpack_base3(packed, n):
     packed = np.asarray(packed, np.uint8)
     if n > packed.size * 5:
         raise TritiumValueError(f"{n} trits requested from {packed.size} BASE3 bytes (holds {packed.size * 5})")
-    if packed.size and (packed > 242).any():
-        idx, val = _first_bad(packed > 242, packed)
-        raise TritiumValueError(f"BASE3 byte[{idx[0]}] = {val} is not a valid 5-trit code (max 242)")
     return trits_from_codes(base3_decode_byte(packed).ravel()[:n], "BASE3 codes")
 
 

@@ -1,6 +1,6 @@
 """The ternary matrix-vector (TMV) engine: ``y = W x`` with no multipliers."""
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, ResetSignal, Signal, signed
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -10,28 +10,67 @@ from .layouts import EngineLayouts, Trit
 from .params import EngineParams
 from .wmem import WeightMemory
 
-__all__ = ["TritDot", "LaneAccumulator", "TernaryMatVec", "PIPELINE_DEPTH"]
+__all__ = ["TritDot", "LaneAccumulator", "TernaryMatVec", "PIPELINE_DEPTH", "product_cycles"]
 
 #: Cycles from a weight-word read being issued to its lane sum reaching the accumulators.
 PIPELINE_DEPTH = 3
 
 
-def _balanced_sum(values):
-    values = list(values)
+def product_cycles(params, m, k):
+    """Cycles from one command's acceptance to the next command's earliest acceptance, for an
+    ``m x k`` product with activations offered every cycle and ``res`` always ready.
+
+    ``chunks`` cycles load the activations, the first tile takes ``chunks`` cycles, each later
+    tile ``max(chunks, PIPELINE_DEPTH + 2)`` (a tile end waits for the previous one to leave the
+    output register), and ``PIPELINE_DEPTH + 3`` cycles drain the pipeline and return to idle.
+    ``tiles * chunks`` of these cycles read a weight word: the weight-bandwidth roofline.
+    """
+    params.check_shape(m, k)
+    chunks = -(-k // params.trits)
+    tiles = -(-m // params.lanes)
+    return 2 * chunks + (tiles - 1) * max(chunks, PIPELINE_DEPTH + 2) + PIPELINE_DEPTH + 3
+
+
+def _sext(value, width):
+    """``value`` (signed) sign-extended to ``width`` bits, as an unsigned bit vector."""
+    return Cat(value, value[-1].replicate(width - len(value)))
+
+
+def signed_add(a, b, carry=None, *, width=None):
+    """``a + b + carry`` for signed ``a``, ``b`` and a 1-bit ``carry``, exact in ``width`` bits
+    (default one more than the wider operand).
+
+    Built as an unsigned add of sign-extended operands, so that Yosys sees the 1-bit ``carry``
+    as the adder's carry-in (a mixed signed/unsigned expression would widen it to an operand).
+    """
+    width = width or max(len(a), len(b)) + 1
+    total = _sext(a, width) + _sext(b, width)
+    if carry is not None:
+        total = total + carry
+    return total[:width].as_signed()
+
+
+def _carry_save_tree(values, carries):
+    """Sum ``values`` pairwise in a balanced tree, giving each adder one of the 1-bit ``carries``
+    as its carry-in (Yosys maps ``a + b + c`` with a 1-bit ``c`` onto the carry chain's input,
+    so these cost no logic). Returns ``(sum, leftover carries)``."""
+    values, carries = list(values), list(carries)
     while len(values) > 1:
-        nxt = [values[i] + values[i + 1] for i in range(0, len(values) - 1, 2)]
+        nxt = []
+        for i in range(0, len(values) - 1, 2):
+            nxt.append(signed_add(values[i], values[i + 1], carries.pop(0) if carries else None))
         if len(values) % 2:
             nxt.append(values[-1])
         values = nxt
-    return values[0]
+    return values[0], carries
 
 
 class TritDot(wiring.Component):
     """One lane's dot product of ``trits`` ternary weights with ``trits`` int8 activations.
 
-    Each weight adds, subtracts or skips its activation; no multiplier is used. A
-    negated term is formed as ``~x`` with the ``+1`` of two's complement collected into
-    one small correction count, so no per-term carry chain is needed.
+    Each weight adds, subtracts or skips its activation; no multiplier is used. A negated
+    term is formed as ``~x``, and the ``+1`` that completes two's complement rides in an
+    adder's carry-in, so negation costs no carry chain.
 
     Parameters
     ----------
@@ -43,8 +82,10 @@ class TritDot(wiring.Component):
     w : In(lane weight layout)
     x : In(ArrayLayout(signed(8), trits))
     partial : Out(signed(golden.partial_width(trits)))
-        ``sum_t w_t * x_t`` for the ``w`` and ``x`` presented two cycles earlier
-        (latency 2, a new input every cycle, no stall).
+    carry : Out(1)
+        ``partial + carry == sum_t w_t * x_t`` for the ``w`` and ``x`` presented two cycles
+        earlier (latency 2, a new input every cycle, no stall). The one carry left over by the
+        adder tree is handed on for the accumulator's carry-in.
     """
 
     def __init__(self, *, trits, packing):
@@ -56,6 +97,7 @@ class TritDot(wiring.Component):
             "w": In(layouts.lane_weights),
             "x": In(layouts.activation),
             "partial": Out(signed(golden.partial_width(trits))),
+            "carry": Out(1),
         })
 
     def codes(self, m):
@@ -74,50 +116,61 @@ class TritDot(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        codes = self.codes(m)
         terms, negs = [], []
-        for t, code in enumerate(codes):
-            # code 0 (NEG) -> ~x (+1 later), code 2 (POS) -> x, codes 1 (ZERO) and 3 -> 0
+        for t, code in enumerate(self.codes(m)):
+            # code 0 (NEG) -> ~x (+1 as a carry), code 2 (POS) -> x, codes 1 (ZERO) and 3 -> 0
             nz = ~code[0]
             neg = nz & ~code[1]
-            term = Signal(signed(8), name=f"term{t}")
-            negr = Signal(name=f"neg{t}")
-            x = self.x[t]
-            m.d.sync += [term.eq(Mux(nz, x ^ neg.replicate(8), 0)), negr.eq(neg)]
+            term = Signal(signed(8), name=f"term{t}", reset_less=True)
+            negr = Signal(name=f"neg{t}", reset_less=True)
+            m.d.sync += [term.eq(Mux(nz, self.x[t] ^ neg.replicate(8), 0)), negr.eq(neg)]
             terms.append(term)
             negs.append(negr)
-        correction = _balanced_sum([n.as_unsigned() for n in negs]) if len(negs) > 1 else negs[0]
-        m.d.sync += self.partial.eq(_balanced_sum(terms) + correction)
+        total, (leftover,) = _carry_save_tree(terms, negs)
+        partial = Signal.like(self.partial, reset_less=True)
+        carry = Signal(reset_less=True)
+        m.d.sync += [partial.eq(total), carry.eq(leftover)]
+        m.d.comb += [self.partial.eq(partial), self.carry.eq(carry)]
         return m
 
 
 class LaneAccumulator(wiring.Component):
-    """A lane's running sum.
+    """A lane's running sum, cleared as a tile's result leaves.
 
     Members
     -------
     partial : In(signed(partial_width))
+    carry : In(1)
     en : In(1)
-    first : In(1)
-        When ``en``: ``acc <= partial`` if ``first`` else ``acc + partial``.
+    last : In(1)
+        When ``en``: ``acc <= 0`` if ``last`` (the tile's sum is taken from ``sum`` that cycle)
+        else ``acc <= sum``. The clear (and the domain reset) use the flip-flops' synchronous
+        reset, gated by their enable, so no multiplexer sits in front of the accumulator.
+    sum : Out(signed(width))
+        ``acc + partial + carry`` (combinational): the running sum including this cycle's input.
     acc : Out(signed(width))
-        Registered; updated the cycle after ``en``.
-    acc_next : Out(signed(width))
-        The value ``acc`` takes at the next edge (combinational).
+        Registered; 0 after reset.
     """
 
     def __init__(self, *, partial_width, width):
         if width < partial_width:
             raise ValueError(f"accumulator width {width} is narrower than the partial sum width {partial_width}")
         super().__init__({
-            "partial": In(signed(partial_width)), "en": In(1), "first": In(1),
-            "acc": Out(signed(width)), "acc_next": Out(signed(width)),
+            "partial": In(signed(partial_width)), "carry": In(1), "en": In(1), "last": In(1),
+            "sum": Out(signed(width)), "acc": Out(signed(width)),
         })
 
     def elaborate(self, platform):
         m = Module()
-        m.d.comb += self.acc_next.eq(Mux(self.en, Mux(self.first, 0, self.acc) + self.partial, self.acc))
-        m.d.sync += self.acc.eq(self.acc_next)
+        m.d.comb += self.sum.eq(signed_add(self.acc, self.partial, self.carry, width=len(self.acc)))
+        acc = Signal.like(self.acc, reset_less=True)
+        rst = ResetSignal()
+        with m.If(self.en | rst):
+            with m.If(self.last | rst):
+                m.d.sync += acc.eq(0)
+            with m.Else():
+                m.d.sync += acc.eq(self.sum)
+        m.d.comb += self.acc.eq(acc)
         return m
 
 
@@ -145,9 +198,10 @@ class TernaryMatVec(wiring.Component):
     act : In(stream of activation words)
         After a command, exactly ``chunks`` words (:func:`golden.activation_words`, zero-padded)
         are taken, one per cycle at most.
-    res : Out(stream of {value, last})
-        ``y[0] .. y[M-1]`` in order, ``last`` set on ``y[M-1]``. Payload and valid stay
-        stable until ``ready``.
+    res : Out(stream of {values, count, last})
+        One transfer per tile of ``lanes`` rows, in order: ``values[i]`` is ``y[tile * lanes + i]``
+        for ``i < count`` (``count`` is ``lanes`` except in the final tile); ``last`` is set on the
+        final tile. Payload and valid stay stable until ``ready``.
     busy : Out(1)
         A command has been accepted and its last result not yet transferred.
 
@@ -155,11 +209,11 @@ class TernaryMatVec(wiring.Component):
     ------
     After the last activation word, the engine reads one weight word per cycle: every lane
     consumes ``trits`` weights every cycle, ``tiles * chunks`` cycles for ``tiles = ceil(M /
-    lanes)``. A tile's results go to an output bank that drains one row per cycle while the
-    next tile computes; the last chunk of a tile waits only while the bank still holds the
-    previous tile, so the engine runs at full weight bandwidth whenever
-    ``chunks >= lanes + PIPELINE_DEPTH + 1`` and ``res`` is ready. First result:
-    ``PIPELINE_DEPTH + 1`` cycles after the first tile's last weight word is read.
+    lanes)``. A finished tile waits in an output register while the next tile computes; the
+    last chunk of a tile is issued only once that register is free and no earlier tile end is
+    in the pipeline, so with ``res`` always ready the engine reads a weight word every cycle
+    whenever ``chunks >= PIPELINE_DEPTH + 1``. A tile's result is valid ``PIPELINE_DEPTH``
+    cycles after its last weight word is read.
     Reset clears all control state; the weight memory keeps its contents.
     """
 
@@ -196,38 +250,36 @@ class TernaryMatVec(wiring.Component):
         x_wr = xmem.write_port()
 
         base = Signal(lay.addr_shape)
-        rows = Signal.like(self.cmd.payload.rows)
-        chunks = Signal.like(self.cmd.payload.chunks)
 
-        # issue stage
+        # issue stage: `last_chunk` = chunks - 1 is registered so no subtraction sits in a loop
         waddr = Signal(lay.addr_shape)
-        chunk = Signal.like(chunks)
-        row = Signal(rows.shape().width + 1)
-        remaining = Signal.like(row)
-        m.d.comb += remaining.eq(rows - row)
+        last_chunk = Signal.like(self.cmd.payload.chunks)
+        chunk = Signal.like(last_chunk)
+        rows_left = Signal.like(self.cmd.payload.rows)  # rows of this and later tiles
         count_w = p.lanes.bit_length()
         is_last = Signal()
         is_final = Signal()
         count = Signal(count_w)
         m.d.comb += [
-            is_last.eq(chunk == chunks - 1),
-            is_final.eq(remaining <= p.lanes),
-            count.eq(Mux(is_final, remaining, p.lanes)),
+            is_last.eq(chunk == last_chunk),
+            is_final.eq(rows_left <= p.lanes),
+            count.eq(Mux(is_final, rows_left, p.lanes)),
         ]
 
-        ctrl = data.StructLayout({"valid": 1, "first": 1, "last": 1, "final": 1, "count": count_w})
+        ctrl = data.StructLayout({"valid": 1, "last": 1, "final": 1, "count": count_w})
         stages = [Signal(ctrl, name=f"s{i + 1}") for i in range(PIPELINE_DEPTH)]
 
-        # output bank
-        bank = [Signal(signed(p.acc_width), name=f"bank{i}") for i in range(p.lanes)]
-        bank_count = Signal(count_w)
-        bank_final = Signal()
+        # output register: one finished tile
+        bank = [Signal(signed(p.acc_width), name=f"bank{i}", reset_less=True) for i in range(p.lanes)]
+        bank_full = Signal()
+        bank_count = Signal(count_w, reset_less=True)
+        bank_final = Signal(reset_less=True)
         last_in_flight = Signal()
         m.d.comb += last_in_flight.eq(Cat(s.valid & s.last for s in stages).any())
 
         running = Signal()
         issue = Signal()
-        m.d.comb += issue.eq(running & ~(is_last & ((bank_count != 0) | last_in_flight)))
+        m.d.comb += issue.eq(running & ~(is_last & (bank_full | last_in_flight)))
 
         m.d.comb += [
             self.wr.ready.eq(~running),
@@ -238,42 +290,42 @@ class TernaryMatVec(wiring.Component):
             x_wr.data.eq(self.act.payload),
         ]
 
-        xcount = Signal.like(chunks)
+        xcount = Signal.like(last_chunk)
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
                 # a command with no rows or no columns is consumed and produces no result
                 with m.If(self.cmd.valid & (self.cmd.payload.rows != 0) & (self.cmd.payload.chunks != 0)):
-                    m.d.sync += [base.eq(self.cmd.payload.base), rows.eq(self.cmd.payload.rows),
-                                 chunks.eq(self.cmd.payload.chunks), xcount.eq(0)]
+                    m.d.sync += [base.eq(self.cmd.payload.base), rows_left.eq(self.cmd.payload.rows),
+                                 last_chunk.eq(self.cmd.payload.chunks - 1), xcount.eq(0)]
                     m.next = "LOAD"
             with m.State("LOAD"):
                 m.d.comb += [self.busy.eq(1), self.act.ready.eq(1),
                              x_wr.addr.eq(xcount), x_wr.en.eq(self.act.valid)]
                 with m.If(self.act.valid):
                     m.d.sync += xcount.eq(xcount + 1)
-                    with m.If(xcount == chunks - 1):
-                        m.d.sync += [waddr.eq(base), chunk.eq(0), row.eq(0)]
+                    with m.If(xcount == last_chunk):
+                        m.d.sync += [waddr.eq(base), chunk.eq(0)]
                         m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += [self.busy.eq(1), running.eq(1)]
                 with m.If(issue):
                     m.d.sync += waddr.eq(waddr + 1)
                     with m.If(is_last):
-                        m.d.sync += [chunk.eq(0), row.eq(row + p.lanes)]
+                        m.d.sync += [chunk.eq(0), rows_left.eq(rows_left - p.lanes)]
                         with m.If(is_final):
                             m.next = "DRAIN"
                     with m.Else():
                         m.d.sync += chunk.eq(chunk + 1)
             with m.State("DRAIN"):
                 m.d.comb += self.busy.eq(1)
-                with m.If(~Cat(s.valid for s in stages).any() & (bank_count == 0)):
+                with m.If(~Cat(s.valid for s in stages).any() & ~bank_full):
                     m.next = "IDLE"
 
         # pipeline control: s1 = memory data valid, s2 = terms registered, s3 = partial registered
         m.d.sync += stages[0].eq(ctrl.const({"valid": 0}))
         with m.If(issue):
-            m.d.sync += [stages[0].valid.eq(1), stages[0].first.eq(chunk == 0), stages[0].last.eq(is_last),
+            m.d.sync += [stages[0].valid.eq(1), stages[0].last.eq(is_last),
                          stages[0].final.eq(is_final), stages[0].count.eq(count)]
         for prev, nxt in zip(stages, stages[1:]):
             m.d.sync += nxt.eq(prev)
@@ -287,16 +339,17 @@ class TernaryMatVec(wiring.Component):
             m.submodules[f"dot{lane}"] = dot
             m.submodules[f"acc{lane}"] = acc
             m.d.comb += [dot.w.eq(wmem.rd_data[lane]), dot.x.eq(x_rd.data),
-                         acc.partial.eq(dot.partial), acc.en.eq(acc_stage.valid), acc.first.eq(acc_stage.first)]
+                         acc.partial.eq(dot.partial), acc.carry.eq(dot.carry),
+                         acc.en.eq(acc_stage.valid), acc.last.eq(acc_stage.last)]
             accs.append(acc)
 
-        # output bank: loaded with a finished tile, shifted out one row per transfer
-        m.d.comb += [self.res.valid.eq(bank_count != 0), self.res.payload.value.eq(bank[0]),
-                     self.res.payload.last.eq(bank_final & (bank_count == 1))]
+        # output register: loaded with a finished tile, freed by the transfer
+        m.d.comb += [self.res.valid.eq(bank_full), self.res.payload.count.eq(bank_count),
+                     self.res.payload.last.eq(bank_final)]
+        m.d.comb += [self.res.payload.values[i].eq(b) for i, b in enumerate(bank)]
         with m.If(acc_stage.valid & acc_stage.last):
-            m.d.sync += [b.eq(a.acc_next) for b, a in zip(bank, accs)]
-            m.d.sync += [bank_count.eq(acc_stage.count), bank_final.eq(acc_stage.final)]
+            m.d.sync += [b.eq(a.sum) for b, a in zip(bank, accs)]
+            m.d.sync += [bank_full.eq(1), bank_count.eq(acc_stage.count), bank_final.eq(acc_stage.final)]
         with m.Elif(self.res.valid & self.res.ready):
-            m.d.sync += [b.eq(n) for b, n in zip(bank, bank[1:])]
-            m.d.sync += bank_count.eq(bank_count - 1)
+            m.d.sync += bank_full.eq(0)
         return m

@@ -39,7 +39,8 @@ class EngineLayouts:
     command : ``{base, rows, chunks}`` -- the weight word address of the matrix, its row
         count ``M`` and its activation word count ``ceil(K / trits)``.
     weight_write : ``{addr, data: weight_word}``.
-    result : ``{value: signed(acc_width), last}`` -- one output row; ``last`` on row ``M - 1``.
+    result : ``{values: ArrayLayout(signed(acc_width), lanes), count, last}`` -- one tile of rows;
+        the first ``count`` values are valid; ``last`` on the final tile of a product.
     """
     params: object
 
@@ -77,7 +78,12 @@ class EngineLayouts:
 
     @property
     def result(self):
-        return data.StructLayout({"value": signed(self.params.acc_width), "last": unsigned(1)})
+        p = self.params
+        return data.StructLayout({
+            "values": data.ArrayLayout(signed(p.acc_width), p.lanes),
+            "count": unsigned(p.lanes.bit_length()),
+            "last": unsigned(1),
+        })
 
     # -- words for host and testbenches, built with the layouts above -------------------------
     def command_bits(self, *, base, rows, chunks):
@@ -93,6 +99,6 @@ class EngineLayouts:
         return self.activation.const([int(v) for v in values]).as_bits()
 
     def decode_result(self, bits):
-        """``(value, last)`` of a ``res`` payload."""
+        """``(values, last)`` of a ``res`` payload: the ``count`` valid values as a list of ints."""
         r = self.result.from_bits(bits)
-        return int(r.value), bool(r.last)
+        return [int(r.values[i]) for i in range(int(r.count))], bool(r.last)

@@ -51,8 +51,8 @@ def run_engine_products(engine, jobs, *, seed, stall_prob=0.3, vcd=None):
     """Simulate ``engine`` (a :class:`TernaryMatVec`) on ``jobs`` and return what it produced.
 
     ``jobs`` is a list of ``(W, [x, ...])``: each matrix is written at base 0, then each
-    vector is multiplied by it. Returns a list of ``(result values, last flags)`` per
-    product, in order, for the caller to compare with :func:`golden.matvec`.
+    vector is multiplied by it. Returns a list of ``(result values, last flag of each tile)``
+    per product, in order, for the caller to compare with :func:`golden.matvec`.
     """
     p, lay = engine.params, engine.layouts
     rng = np.random.default_rng(seed)
@@ -77,9 +77,9 @@ def run_engine_products(engine, jobs, *, seed, stall_prob=0.3, vcd=None):
     async def consumer(ctx):
         for rows in expected_rows:
             values, lasts = [], []
-            for _ in range(rows):
-                value, last = lay.decode_result(await stream_get(ctx, engine.res, out_stalls))
-                values.append(value)
+            while len(values) < rows:
+                tile, last = lay.decode_result(await stream_get(ctx, engine.res, out_stalls))
+                values.extend(tile)
                 lasts.append(last)
             produced.append((values, lasts))
 

@@ -36,7 +36,7 @@ class EngineBench:
         self.todo = collections.deque()        # (port, payload bits) in order
         self.shadow = {}                       # model: weight memory as seen by the monitor
         self.pending = None                    # model: command being collected
-        self.expected = collections.deque()    # model: (value, last) awaiting results
+        self.expected = collections.deque()    # model: (tile values, last) awaiting results
         self.products = 0
         self.results = 0
         self.errors = []
@@ -73,7 +73,8 @@ class EngineBench:
                 w = golden.weights_from_words(words, m, k, lanes=p.lanes, trits=p.trits, packing=p.packing)
                 x = golden.activations_from_words(xs, k, trits=p.trits)
                 y = golden.matvec(w, x)
-                self.expected.extend((int(v), i == m - 1) for i, v in enumerate(y))
+                tiles = [y[i:i + p.lanes].tolist() for i in range(0, m, p.lanes)]
+                self.expected.extend((t, i == len(tiles) - 1) for i, t in enumerate(tiles))
                 self.pending = None
                 self.products += 1
 
@@ -85,7 +86,7 @@ class EngineBench:
         exp = self.expected.popleft()
         self.results += 1
         if got != exp:
-            self.errors.append(f"result {self.results}: got {got}, expected {exp}")
+            self.errors.append(f"result tile {self.results}: got {got}, expected {exp}")
 
     # -- the clocked loop ------------------------------------------------------------------
     async def run(self, max_cycles=10_000_000, until_empty=True):

@@ -37,10 +37,10 @@ def test_scoreboard_reports_a_wrong_result():
     # the scoreboard is what makes the suite able to fail: a wrong value is reported with both sides
     bench = EngineBench.__new__(EngineBench)
     bench.lay = EngineLayouts(CONFIGS["tiny"])
-    bench.expected = collections.deque([(5, True), (7, True)])
+    bench.expected = collections.deque([([5], True), ([7], True)])
     bench.results, bench.errors = 0, []
-    bench.scored(bench.lay.result.const({"value": 6, "last": 1}).as_bits())
-    assert bench.errors == ["result 1: got (6, True), expected (5, True)"]
+    bench.scored(bench.lay.result.const({"values": [6], "count": 1, "last": 1}).as_bits())
+    assert bench.errors == ["result tile 1: got ([6], True), expected ([5], True)"]
     # a wrong `last` flag is a mismatch too
-    bench.scored(bench.lay.result.const({"value": 7, "last": 0}).as_bits())
-    assert bench.errors[1] == "result 2: got (7, False), expected (7, True)"
+    bench.scored(bench.lay.result.const({"values": [7], "count": 1, "last": 0}).as_bits())
+    assert bench.errors[1] == "result tile 2: got ([7], False), expected ([7], True)"

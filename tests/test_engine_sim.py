@@ -5,7 +5,7 @@ import pytest
 from amaranth.hdl import ClockDomain, Module
 from amaranth.sim import Simulator
 
-from tritium.hw.engine import TernaryMatVec, TritDot
+from tritium.hw.engine import TernaryMatVec, TritDot, product_cycles
 from tritium.hw.layouts import EngineLayouts, Trit
 from tritium.hw.params import CONFIGS, EngineParams
 from tritium.sim import golden
@@ -28,9 +28,10 @@ def check_products(p, jobs, seed, stall_prob=0.3):
     expected = [golden.matvec(w, x) for w, xs in jobs for x in xs]
     assert len(produced) == len(expected)
     for (values, lasts), exp in zip(produced, expected):
-        # exact equality with the golden product; `last` only on the final row
+        # exact equality with the golden product; `last` only on the final tile
         assert values == exp.tolist()
-        assert lasts == [False] * (len(exp) - 1) + [True]
+        tiles = -(-len(exp) // p.lanes)
+        assert lasts == [False] * (tiles - 1) + [True]
 
 
 @pytest.mark.parametrize("name", SIM_CONFIGS)
@@ -88,7 +89,7 @@ def test_tritdot_matches_golden_exhaustively_for_one_trit():
                 ctx.set(dot.x.as_value(), x & 0xFF)
                 await ctx.tick()
                 await ctx.tick()
-                seen.append((code, x, ctx.get(dot.partial)))
+                seen.append((code, x, ctx.get(dot.partial) + ctx.get(dot.carry)))
 
     sim = Simulator(dot)
     sim.add_clock(1e-6)
@@ -144,8 +145,8 @@ def test_reset_in_the_middle_of_a_product():
         await stream_put(ctx, engine.cmd, lay.command_bits(base=0, rows=9, chunks=len(xw)))
         for word in xw:
             await stream_put(ctx, engine.act, word)
-        for _ in range(9):
-            results.append(lay.decode_result(await stream_get(ctx, engine.res, Stalls(rng, 0.3)))[0])
+        while len(results) < 9:
+            results.extend(lay.decode_result(await stream_get(ctx, engine.res, Stalls(rng, 0.3)))[0])
 
     top = Module()
     top.domains.sync = cd = ClockDomain()
@@ -198,3 +199,44 @@ def test_params_are_keyword_only_and_capacity_checked():
         p.check_shape(64, 1024)
     with pytest.raises(TypeError, match="params must be an EngineParams"):
         TernaryMatVec(params={"lanes": 8})
+
+
+@pytest.mark.parametrize("name, m, k", [("default", 20, 100), ("default", 8, 4), ("odd", 7, 9),
+                                        ("tiny", 3, 1), ("wide", 33, 64), ("base3", 9, 45)])
+def test_cycle_model_matches_simulation(name, m, k):
+    # back-to-back products with no stalls: the command-to-command period equals product_cycles()
+    p = CONFIGS[name]
+    engine = TernaryMatVec(params=p)
+    lay = engine.layouts
+    rng = np.random.default_rng(9)
+    w = rng.integers(-1, 2, (m, k))
+    words = golden.weight_words(w, lanes=p.lanes, trits=p.trits, packing=p.packing)
+    xw = golden.activation_words(rng.integers(-128, 128, k), trits=p.trits)
+    accepted = []
+
+    async def tb(ctx):
+        for addr, word in enumerate(words):
+            await stream_put(ctx, engine.wr, lay.weight_write_bits(addr=addr, word=word))
+        ctx.set(engine.res.ready, 1)
+        todo = [("cmd", lay.command_bits(base=0, rows=m, chunks=len(xw)))] + [("act", wd) for wd in xw]
+        todo = todo * 3
+        cycle = 0
+        while todo:
+            port = getattr(engine, todo[0][0])
+            ctx.set(port.valid, 1)
+            ctx.set(port.payload.as_value(), todo[0][1])
+            if ctx.get(port.ready):  # the transfer happens at this cycle's edge
+                if todo[0][0] == "cmd":
+                    accepted.append(cycle)
+                todo.pop(0)
+            await ctx.tick()
+            ctx.set(port.valid, 0)
+            cycle += 1
+
+    sim = Simulator(engine)
+    sim.add_clock(1e-6)
+    sim.add_testbench(tb)
+    sim.run()
+    assert len(accepted) == 3
+    assert accepted[1] - accepted[0] == product_cycles(p, m, k)
+    assert accepted[2] - accepted[1] == product_cycles(p, m, k)

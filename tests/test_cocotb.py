@@ -8,7 +8,7 @@ import collections
 import pytest
 
 from tritium.hw.layouts import EngineLayouts
-from tritium.hw.params import CONFIGS
+from tritium.hw.params import CONFIGS, EngineParams
 from tritium.sim.tb_engine import EngineBench
 from tritium.sim.runner import run_engine_tb
 
@@ -44,3 +44,15 @@ def test_scoreboard_reports_a_wrong_result():
     # a wrong `last` flag is a mismatch too
     bench.scored(bench.lay.result.const({"values": [7], "count": 1, "last": 0}).as_bits())
     assert bench.errors[1] == "result tile 2: got ([7], False), expected ([7], True)"
+
+
+#: SPRAM weights, small enough that the "largest product that fits" case stays quick
+SPRAM_SMALL = EngineParams(lanes=4, trits=4, packing="trit2", max_k=256, weight_depth=1024, memory="spram")
+
+
+def test_engine_verilator_real_spram_primitive():
+    # the engine as a UP5K bitstream has it: SB_SPRAM256KA instances, simulated with Yosys' own model
+    r = run_engine_tb(SPRAM_SMALL, name="spram-primitive", products=500, seed=7, primitives=True)
+    assert r["tests"] == 3 and r["failed"] == 0, f"see {r['log']}"
+    assert r["products"] >= 500
+    assert "module SB_SPRAM256KA" in (__import__("pathlib").Path(r["build_dir"]) / "sb_spram256ka.v").read_text()

@@ -34,6 +34,16 @@ def check_products(p, jobs, seed, stall_prob=0.3):
         assert lasts == [False] * (tiles - 1) + [True]
 
 
+def test_spram_weight_memory_model():
+    # SPRAM-backed weights (behavioural SB_SPRAM256KA model, 3 x 16-bit banks for a 48-bit word)
+    p = EngineParams(lanes=4, trits=6, packing="trit2", max_k=60, weight_depth=64, memory="spram")
+    assert p.spram_count == 3
+    rng = np.random.default_rng(21)
+    jobs = [(rng.integers(-1, 2, (m, k)), [rng.integers(-128, 128, k) for _ in range(3)])
+            for m, k in [(9, 60), (1, 1), (16, 13)]]
+    check_products(p, jobs, seed=21)
+
+
 @pytest.mark.parametrize("name", SIM_CONFIGS)
 @pytest.mark.parametrize("stall_prob", [0.0, 0.4])
 def test_random_products(name, stall_prob):

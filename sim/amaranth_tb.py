@@ -6,6 +6,7 @@ Every transfer is made with optional random idle cycles (``valid`` low before a 
 
 import numpy as np
 
+from amaranth.hdl import Value
 from amaranth.sim import Simulator
 
 from . import golden
@@ -31,7 +32,7 @@ async def stream_put(ctx, stream, payload, stalls=None):
         for _ in range(stalls()):
             await ctx.tick()
     ctx.set(stream.valid, 1)
-    ctx.set(stream.payload.as_value(), payload)
+    ctx.set(stream.payload if isinstance(stream.payload, Value) else stream.payload.as_value(), payload)
     await ctx.tick().until(stream.ready)
     ctx.set(stream.valid, 0)
 
@@ -42,7 +43,8 @@ async def stream_get(ctx, stream, stalls=None):
         for _ in range(stalls()):
             await ctx.tick()
     ctx.set(stream.ready, 1)
-    payload, = await ctx.tick().sample(stream.payload.as_value()).until(stream.valid)
+    value = stream.payload if isinstance(stream.payload, Value) else stream.payload.as_value()
+    payload, = await ctx.tick().sample(value).until(stream.valid)
     ctx.set(stream.ready, 0)
     return payload
 
@@ -93,3 +95,47 @@ def run_engine_products(engine, jobs, *, seed, stall_prob=0.3, vcd=None):
     else:
         sim.run()
     return produced
+
+
+def run_device_session(device, events, *, seed, stall_prob=0.3):
+    """Drive :class:`LinkDevice` with ``events`` and return every reply byte it sent.
+
+    ``events`` is a list of ``bytes`` (sent on ``rx``, with random gaps) and ``("idle", cycles)``
+    (no input for that many cycles). The simulation runs until the device has been quiet for
+    a while after the last event.
+    """
+    rng = np.random.default_rng(seed)
+    in_stalls = Stalls(rng, stall_prob)
+    out_stalls = Stalls(np.random.default_rng(seed + 1), stall_prob)
+    replies = bytearray()
+    done = [False]
+
+    async def feeder(ctx):
+        for ev in events:
+            if isinstance(ev, tuple):
+                await ctx.tick().repeat(ev[1])
+                continue
+            for b in ev:
+                await stream_put(ctx, device.rx, b, in_stalls)
+        await ctx.tick().repeat(200)
+        while ctx.get(device.busy):
+            await ctx.tick()
+        await ctx.tick().repeat(50)
+        done[0] = True
+
+    async def sink(ctx):
+        while not done[0]:
+            for _ in range(out_stalls()):
+                await ctx.tick()
+            ctx.set(device.tx.ready, 1)
+            *_, valid, payload = await ctx.tick().sample(device.tx.valid, device.tx.payload)
+            ctx.set(device.tx.ready, 0)
+            if valid:
+                replies.append(payload)
+
+    sim = Simulator(device)
+    sim.add_clock(1e-6)
+    sim.add_testbench(feeder)
+    sim.add_testbench(sink, background=True)
+    sim.run()
+    return bytes(replies)

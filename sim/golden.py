@@ -162,9 +162,12 @@ def trit_codes(w):
     return (check_ternary(w).astype(np.int16) + 1).astype(np.uint8)
 
 
-def trits_from_codes(codes, name="trit codes"):
-    """2-bit codes -> ternary values; code 3 is rejected."""
+def trits_from_codes(codes, name="trit codes", *, lenient=False):
+    """2-bit codes -> ternary values; code 3 is rejected, or with ``lenient`` read as 0 (what the
+    gateware does with it)."""
     codes = np.asarray(codes)
+    if lenient:
+        codes = np.where(codes > TRIT_CODE_POS, TRIT_CODE_ZERO, codes)
     bad = codes > TRIT_CODE_POS
     if bad.any():
         idx, val = _first_bad(bad, codes)
@@ -180,13 +183,13 @@ def pack_trit2(w):
     return (codes[:, 0] | codes[:, 1] << 2 | codes[:, 2] << 4 | codes[:, 3] << 6).astype(np.uint8)
 
 
-def unpack_trit2(packed, n):
+def unpack_trit2(packed, n, *, lenient=False):
     """Inverse of :func:`pack_trit2`: the first ``n`` trits."""
     packed = np.asarray(packed, np.uint8)
     if n > packed.size * 4:
         raise TritiumValueError(f"{n} trits requested from {packed.size} TRIT2 bytes (holds {packed.size * 4})")
     codes = np.stack([(packed >> s) & 3 for s in (0, 2, 4, 6)], axis=1).ravel()[:n]
-    return trits_from_codes(codes, "TRIT2 codes")
+    return trits_from_codes(codes, "TRIT2 codes", lenient=lenient)
 
 
 _POW3 = np.array([81, 27, 9, 3, 1], np.int32)
@@ -231,8 +234,10 @@ def pack(w, packing):
     return pack_trit2(w) if Packing(packing) is Packing.TRIT2 else pack_base3(w)
 
 
-def unpack(packed, n, packing):
-    return unpack_trit2(packed, n) if Packing(packing) is Packing.TRIT2 else unpack_base3(packed, n)
+def unpack(packed, n, packing, *, lenient=False):
+    if Packing(packing) is Packing.TRIT2:
+        return unpack_trit2(packed, n, lenient=lenient)
+    return unpack_base3(packed, n)
 
 
 def lane_bits(trits, packing):
@@ -282,8 +287,9 @@ def weight_words(w, *, lanes, trits, packing):
     return words
 
 
-def weights_from_words(words, m, k, *, lanes, trits, packing):
-    """Inverse of :func:`weight_words`: recover the M x K ternary matrix."""
+def weights_from_words(words, m, k, *, lanes, trits, packing, lenient=False):
+    """Inverse of :func:`weight_words`: recover the M x K ternary matrix. With ``lenient``,
+    the invalid code 3 reads as 0, as the gateware reads it."""
     _check_engine_shape(lanes, trits)
     lb = lane_bits(trits, packing)
     tiles, chunks = -(-m // lanes), -(-k // trits)
@@ -296,7 +302,8 @@ def weights_from_words(words, m, k, *, lanes, trits, packing):
         for lane in range(lanes):
             value = (word >> (lane * lb)) & ((1 << lb) - 1)
             packed = np.frombuffer(value.to_bytes(nbytes, "little"), np.uint8)
-            out[tile * lanes + lane, chunk * trits:(chunk + 1) * trits] = unpack(packed, trits, packing)
+            out[tile * lanes + lane, chunk * trits:(chunk + 1) * trits] = unpack(packed, trits, packing,
+                                                                                 lenient=lenient)
     return out[:m, :k]
 
 

@@ -27,6 +27,71 @@ def _info(args):
     return 0
 
 
+def _open(args):
+    from .accelerator import Accelerator
+    from .transport import GoldenTransport, SerialTransport, SimTransport
+    params = CONFIGS[args.config]
+    if args.backend == "golden":
+        transport = GoldenTransport(params)
+    elif args.backend == "sim":
+        transport = SimTransport(params, name=args.config)
+    else:
+        if not args.port:
+            raise TritiumValueError("--backend serial needs --port (e.g. /dev/ttyUSB1)")
+        transport = SerialTransport(args.port, baudrate=args.baud)
+    try:
+        return Accelerator(transport, timeout=args.timeout), transport
+    except BaseException:
+        transport.close()
+        raise
+
+
+def _device_info(args):
+    acc, transport = _open(args)
+    with transport:
+        out = {"backend": args.backend, **acc.info, "capacity": acc.capacity()}
+    print(json.dumps(out, indent=2) if args.json else "\n".join(f"{k}: {v}" for k, v in out.items()))
+    return 0
+
+
+def _selftest(args):
+    """Random products on the device, each checked against the golden model."""
+    import hashlib
+    import time
+
+    import numpy as np
+
+    from ..sim import golden
+    acc, transport = _open(args)
+    rng = np.random.default_rng(args.seed)
+    p = acc.params
+    digest = hashlib.sha256()
+    passed = failed = 0
+    t0 = time.monotonic()
+    with transport:
+        for trial in range(args.matrices):
+            m = int(rng.integers(1, 3 * p.lanes + 2))
+            k = int(rng.integers(1, min(p.max_k, 8 * p.trits) + 1))
+            while p.words_for(m, k) > p.weight_depth // 2:
+                m, k = max(1, m // 2), max(1, k // 2)
+            w = rng.integers(-1, 2, (m, k))
+            slot = trial % 8
+            acc.load(slot, w, base=(trial % 2) * (p.weight_depth // 2))
+            for _ in range(args.products):
+                x = rng.integers(-128, 128, k)
+                y = acc.matvec(slot, x)
+                ok = np.array_equal(y, golden.matvec(w, x))
+                passed += ok
+                failed += not ok
+                digest.update(y.astype("<i8").tobytes())
+        status = acc.status()
+    dt = time.monotonic() - t0
+    print(f"selftest on {args.backend}: {passed + failed} products, results sha256 {digest.hexdigest()[:16]}, "
+          f"{acc.link_bytes} link bytes, {dt:.2f} s, device status {status}")
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
 def _verilog(args):
     from ..sim.runner import emit_verilog
     path = emit_verilog(CONFIGS[args.config], args.output, name=args.name)
@@ -41,15 +106,36 @@ def main(argv=None):
     p_info.add_argument("--config", choices=list(CONFIGS))
     p_info.add_argument("--json", action="store_true")
     p_info.set_defaults(func=_info)
+    def backend_args(sp):
+        sp.add_argument("--backend", choices=["golden", "sim", "serial"], default="golden")
+        sp.add_argument("--config", default="default", choices=list(CONFIGS),
+                        help="engine configuration of the golden/sim device")
+        sp.add_argument("--port", help="serial port of a board (serial backend)")
+        sp.add_argument("--baud", type=int, default=1_000_000)
+        sp.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each reply")
+
+    p_dev = sub.add_parser("device", help="identify a device and show its capacity")
+    backend_args(p_dev)
+    p_dev.add_argument("--json", action="store_true")
+    p_dev.set_defaults(func=_device_info)
+    p_st = sub.add_parser("selftest", help="random products on a device, checked against the golden model")
+    backend_args(p_st)
+    p_st.add_argument("--matrices", type=int, default=8)
+    p_st.add_argument("--products", type=int, default=8, help="products per matrix")
+    p_st.add_argument("--seed", type=int, default=1)
+    p_st.set_defaults(func=_selftest)
     p_v = sub.add_parser("verilog", help="write an engine's Verilog (reproducible)")
     p_v.add_argument("--config", default="default", choices=list(CONFIGS))
     p_v.add_argument("--name", default="tmv", help="top module name")
     p_v.add_argument("-o", "--output", default="build/tmv.v")
     p_v.set_defaults(func=_verilog)
     args = ap.parse_args(argv)
+    from ..hw.protocol import ProtocolError
+    from .accelerator import DeviceError
+    from .transport import TransportError
     try:
         return args.func(args)
-    except TritiumValueError as e:
+    except (TritiumValueError, DeviceError, TransportError, ProtocolError) as e:
         print(f"tritium: error: {e}", file=sys.stderr)
         return 2
 

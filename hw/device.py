@@ -139,6 +139,8 @@ class LinkDevice(wiring.Component):
         A request is being executed or answered.
     error : Out(1)
         The last reply was an error frame.
+    in_frame : Out(1)
+        A request frame has started and is not complete.
     """
 
     def __init__(self, *, params, clock_hz=12_000_000, timeout_cycles=1 << 16):
@@ -153,7 +155,7 @@ class LinkDevice(wiring.Component):
         self._timeout = timeout_cycles
         self.engine = TernaryMatVec(params=params)
         super().__init__({"rx": In(stream.Signature(8)), "tx": Out(stream.Signature(8)),
-                          "busy": Out(1), "error": Out(1)})
+                          "busy": Out(1), "error": Out(1), "in_frame": Out(1)})
 
     @property
     def params(self):
@@ -250,6 +252,7 @@ class LinkDevice(wiring.Component):
                     m.next = "HEADER"
             with m.State("HEADER"):
                 watch_idle()
+                m.d.comb += self.in_frame.eq(1)
                 m.d.comb += self.rx.ready.eq(1)
                 with m.If(rx_take):
                     m.d.sync += [crc.eq(crc16_next(crc, rx_byte)), hidx.eq(hidx + 1)]
@@ -271,6 +274,7 @@ class LinkDevice(wiring.Component):
                                 m.next = "PAYLOAD"
             with m.State("PAYLOAD"):
                 watch_idle()
+                m.d.comb += self.in_frame.eq(1)
                 m.d.comb += [self.rx.ready.eq(1), buf_wr.addr.eq(idx), buf_wr.data.eq(rx_byte),
                              buf_wr.en.eq(rx_take)]
                 with m.If(rx_take):
@@ -284,12 +288,14 @@ class LinkDevice(wiring.Component):
                         m.next = "CRC_LO"
             with m.State("CRC_LO"):
                 watch_idle()
+                m.d.comb += self.in_frame.eq(1)
                 m.d.comb += self.rx.ready.eq(1)
                 with m.If(rx_take):
                     m.d.sync += crc_lo.eq(rx_byte)
                     m.next = "CRC_HI"
             with m.State("CRC_HI"):
                 watch_idle()
+                m.d.comb += self.in_frame.eq(1)
                 m.d.comb += self.rx.ready.eq(1)
                 with m.If(rx_take):
                     with m.If(Cat(crc_lo, rx_byte) == crc):

@@ -121,6 +121,46 @@ def run_engine_tb(params, *, name, products=500, seed=1, sim="verilator", waves=
             "seconds": time.monotonic() - t0, "build_dir": str(build_dir), "log": str(build_dir / "test.log")}
 
 
+DEVICE_TIMEOUT_CYCLES = 4096
+
+
+def build_device_sim(params, *, name="device", sim="verilator"):
+    """Build the simulated :class:`LinkDevice` for ``params``; returns its run folder."""
+    from amaranth.back import verilog
+    from cocotb_tools.runner import get_runner
+
+    from ..hw.device import LinkDevice
+
+    simulator_env(sim)
+    run_dir = BUILD / sim / f"{name}-device"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    text = verilog.convert(LinkDevice(params=params, timeout_cycles=DEVICE_TIMEOUT_CYCLES), name="dev",
+                           emit_src=False)
+    src = run_dir / "dev.v"
+    if not src.exists() or src.read_text() != text:
+        src.write_text(text)
+    (run_dir / "params.json").write_text(json.dumps(params.as_dict()))
+    build_args = ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-O2"] if sim == "verilator" else []
+    get_runner(sim).build(sources=[src], hdl_toplevel="dev", build_dir=run_dir, build_args=build_args,
+                          timescale=("1ns", "1ps"), log_file=run_dir / "build.log")
+    return run_dir
+
+
+def serve_device(name, sim="verilator"):
+    """Run the simulated device on a pty until killed (see :mod:`tritium.sim.tb_device`)."""
+    from cocotb_tools.runner import get_runner
+
+    simulator_env(sim)
+    run_dir = BUILD / sim / f"{name}-device"
+    get_runner(sim).test(test_module="tritium.sim.tb_device", hdl_toplevel="dev", hdl_toplevel_lang="verilog",
+                         build_dir=run_dir,
+                         test_dir=run_dir, timescale=("1ns", "1ps"),
+                         extra_env={"TRITIUM_RUN_DIR": str(run_dir),
+                                    "TRITIUM_TIMEOUT_CYCLES": str(DEVICE_TIMEOUT_CYCLES)},
+                         log_file=run_dir / "serve-sim.log")
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m tritium.sim.runner",
                                  description="cocotb regression of the engine's generated Verilog")
@@ -133,7 +173,10 @@ def main(argv=None):
     ap.add_argument("--waves", action="store_true", default=os.environ.get("WAVES") == "1",
                     help="write waveforms into the build folder: FST (dump.fst) where the lz4 headers "
                          "are installed, else VCD (dump.vcd)")
+    ap.add_argument("--serve-device", metavar="NAME", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.serve_device:
+        return serve_device(args.serve_device, sim=args.sim)
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:

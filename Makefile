@@ -12,7 +12,10 @@ SEED     ?= 1
 CONFIG ?= default
 DEVICE ?= up5k
 
-.PHONY: all venv sim test test-all formal synth info clean distclean
+# Board for `make bitstream`: icebreaker or ulx3s-85f.
+BOARD ?= icebreaker
+
+.PHONY: all venv sim test test-all formal synth bitstream selftest info clean distclean
 
 all: test
 
@@ -40,6 +43,14 @@ formal: $(STAMP)
 
 synth: $(STAMP)
 	$(BIN)/python -m tritium.hw.synth --device $(DEVICE) --config $(CONFIG)
+
+# Bitstream and build/$(BOARD)/report.json; fails if timing is not met.
+bitstream: $(STAMP)
+	$(BIN)/python -m tritium.hw.boards --board $(BOARD)
+
+# Random products on the simulated gateware device, checked against the golden model.
+selftest: $(STAMP)
+	$(BIN)/tritium selftest --backend sim --config odd
 
 info: $(STAMP)
 	$(BIN)/tritium info

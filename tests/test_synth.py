@@ -38,3 +38,20 @@ def test_ecp5_default_engine():
 def test_spram_only_on_up5k():
     with pytest.raises(ValueError, match="SPRAM weight memory exists only on the UP5K"):
         run_flow(CONFIGS["up5k-spram"], device="ecp5-85f")
+
+
+def test_icebreaker_bitstream_meets_timing():
+    # the complete board design: UART, link parser/sequencer/framer, engine with SPRAM weights
+    from tritium.hw.boards import build
+    r = build("icebreaker")
+    assert r["timing_met"], r
+    assert r["spram"]["used"] == 4 and r["dsp"]["used"] == 0
+    assert r["logic_cells"]["used"] <= r["logic_cells"]["available"]
+    assert __import__("pathlib").Path(r["bitstream"]).stat().st_size > 100_000
+
+
+@pytest.mark.slow
+def test_ulx3s_bitstream_meets_timing():
+    from tritium.hw.boards import build
+    r = build("ulx3s-85f")
+    assert r["timing_met"] and r["dsp"]["used"] == 0

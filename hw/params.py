@@ -10,7 +10,7 @@ import dataclasses
 from ..sim import golden
 from ..sim.golden import Packing, TritiumValueError
 
-__all__ = ["EngineParams", "MEMORY_KINDS", "SPRAM_DEPTH", "SPRAM_WIDTH", "DEFAULT", "CONFIGS"]
+__all__ = ["rejected", "EngineParams", "MEMORY_KINDS", "SPRAM_DEPTH", "SPRAM_WIDTH", "DEFAULT", "CONFIGS"]
 
 #: ``"bram"``: an ``amaranth.lib.memory.Memory`` (block RAM: iCE40 EBR, ECP5 DP16KD);
 #: ``"spram"``: iCE40 UP5K ``SB_SPRAM256KA`` blocks, 16 bits wide, 16384 deep each.
@@ -18,6 +18,13 @@ MEMORY_KINDS = ("bram", "spram")
 SPRAM_DEPTH = 16384
 SPRAM_WIDTH = 16
 SPRAM_COUNT_UP5K = 4
+
+
+def rejected(elaboratable, exc):
+    """Mark a design object whose constructor is refusing its arguments, so Amaranth does not
+    also warn that it was never used; returns ``exc`` for the caller to raise."""
+    elaboratable._MustUse__silence = True
+    return exc
 
 
 def _positive_int(name, value, *, maximum=None):

@@ -5,13 +5,14 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .device import LinkDevice
+from .params import rejected
 
 __all__ = ["UartRx", "UartTx", "UartLink"]
 
 
-def _check_divisor(divisor):
+def _check_divisor(obj, divisor):
     if not isinstance(divisor, int) or divisor < 4:
-        raise ValueError(f"UART divisor = {divisor!r} must be an integer >= 4 (clock cycles per bit)")
+        raise rejected(obj, ValueError(f"UART divisor = {divisor!r} must be an integer >= 4 (clock cycles per bit)"))
 
 
 class UartRx(wiring.Component):
@@ -29,7 +30,7 @@ class UartRx(wiring.Component):
     """
 
     def __init__(self, *, divisor):
-        _check_divisor(divisor)
+        _check_divisor(self, divisor)
         self._divisor = divisor
         super().__init__({"rx": In(1, init=1), "data": Out(stream.Signature(8)),
                           "overrun": Out(1), "frame_error": Out(1)})
@@ -80,7 +81,7 @@ class UartTx(wiring.Component):
     """
 
     def __init__(self, *, divisor):
-        _check_divisor(divisor)
+        _check_divisor(self, divisor)
         self._divisor = divisor
         super().__init__({"data": In(stream.Signature(8)), "tx": Out(1, init=1)})
 
@@ -121,9 +122,9 @@ class UartLink(wiring.Component):
 
     def __init__(self, *, params, clock_hz, baud):
         if clock_hz % baud:
-            raise ValueError(f"baud {baud} does not divide the {clock_hz} Hz clock exactly")
+            raise rejected(self, ValueError(f"baud {baud} does not divide the {clock_hz} Hz clock exactly"))
         self.divisor = clock_hz // baud
-        _check_divisor(self.divisor)
+        _check_divisor(self, self.divisor)
         from .protocol import IDLE_TIMEOUT_BYTES
         self.device = LinkDevice(params=params, clock_hz=clock_hz,
                                  timeout_cycles=IDLE_TIMEOUT_BYTES * 10 * self.divisor)

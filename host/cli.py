@@ -102,10 +102,10 @@ def _verilog(args):
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="tritium", description="Ternary LLM inference on FPGAs")
     sub = ap.add_subparsers(dest="command", required=True)
-    p_info = sub.add_parser("info", help="engine configurations and their capacity")
-    p_info.add_argument("--config", choices=list(CONFIGS))
-    p_info.add_argument("--json", action="store_true")
-    p_info.set_defaults(func=_info)
+    p_cfg = sub.add_parser("configs", help="the named engine configurations and their capacity")
+    p_cfg.add_argument("--config", choices=list(CONFIGS))
+    p_cfg.add_argument("--json", action="store_true")
+    p_cfg.set_defaults(func=_info)
     def backend_args(sp):
         sp.add_argument("--backend", choices=["golden", "sim", "serial"], default="golden")
         sp.add_argument("--config", default="default", choices=list(CONFIGS),
@@ -114,7 +114,7 @@ def main(argv=None):
         sp.add_argument("--baud", type=int, default=1_000_000)
         sp.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each reply")
 
-    p_dev = sub.add_parser("device", help="identify a device and show its capacity")
+    p_dev = sub.add_parser("info", help="identify a device (version, engine parameters) and show its capacity")
     backend_args(p_dev)
     p_dev.add_argument("--json", action="store_true")
     p_dev.set_defaults(func=_device_info)
@@ -138,6 +138,9 @@ def main(argv=None):
     except (TritiumValueError, DeviceError, TransportError, ProtocolError) as e:
         print(f"tritium: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into a reader that stopped early (e.g. head)
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

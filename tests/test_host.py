@@ -206,3 +206,10 @@ def test_selftest_cli_golden_and_sim_agree(capsys):
 def test_cli_reports_bad_input_in_one_line(capsys):
     assert cli(["selftest", "--backend", "serial"]) == 2
     assert capsys.readouterr().err.strip() == "tritium: error: --backend serial needs --port (e.g. /dev/ttyUSB1)"
+
+
+def test_cli_info_identifies_the_device(capsys):
+    assert cli(["info", "--backend", "golden", "--config", "odd", "--json"]) == 0
+    import json
+    out = json.loads(capsys.readouterr().out)
+    assert out["lanes"] == 3 and out["trits"] == 3 and out["capacity"]["weight_words"] == 128

@@ -102,20 +102,26 @@ class SimTransport(SerialTransport):
 
     def __init__(self, params, *, name="device", start_timeout=600):
         from ..sim.runner import build_device_sim
+        import tempfile
         run_dir = pathlib.Path(build_device_sim(params, name=name))
+        # each running instance gets its own folder, so several can share one simulator build
+        run_dir = pathlib.Path(tempfile.mkdtemp(prefix="serve-", dir=run_dir))
         ptyfile = run_dir / "pty.path"
-        ptyfile.unlink(missing_ok=True)
         self._log = open(run_dir / "serve.log", "w")
-        env = dict(os.environ)
-        self._proc = subprocess.Popen([sys.executable, "-m", "tritium.sim.runner", "--serve-device", name],
-                                      stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        self._proc = subprocess.Popen([sys.executable, "-m", "tritium.sim.runner", "--serve-device", name,
+                                       "--serve-dir", str(run_dir)],
+                                      stdout=self._log, stderr=subprocess.STDOUT, env=dict(os.environ))
         deadline = time.monotonic() + start_timeout
         while not ptyfile.exists():
             if self._proc.poll() is not None or time.monotonic() > deadline:
                 self._stop()
                 raise TransportError(f"the simulated device did not start; see {run_dir / 'serve.log'}")
             time.sleep(0.05)
-        super().__init__(ptyfile.read_text().strip())
+        try:
+            super().__init__(ptyfile.read_text().strip())
+        except BaseException:
+            self._stop()
+            raise
 
     def _stop(self):
         if self._proc.poll() is None:

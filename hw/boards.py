@@ -13,6 +13,7 @@ import shutil
 import sys
 
 from amaranth.hdl import Elaboratable, Module
+from amaranth.lib import io
 
 from .params import CONFIGS, EngineParams
 from .uart import UartLink
@@ -49,11 +50,15 @@ class BoardTop(Elaboratable):
         m = Module()
         clock_hz = int(platform.default_clk_frequency)
         m.submodules.link = link = UartLink(params=self.params, clock_hz=clock_hz, baud=self.baud)
-        uart = platform.request("uart", 0)
-        m.d.comb += [link.rx.eq(uart.rx.i), uart.tx.o.eq(link.tx)]
-        leds = [platform.request(name, 0) for name in ("led_g", "led_r")] if self.board == "icebreaker" \
-            else [platform.request("led", i) for i in range(2)]
-        m.d.comb += [leds[0].o.eq(link.busy), leds[1].o.eq(link.error)]
+        uart = platform.request("uart", 0, dir="-")
+        m.submodules.uart_rx = rx = io.Buffer("i", uart.rx)
+        m.submodules.uart_tx = tx = io.Buffer("o", uart.tx)
+        m.d.comb += [link.rx.eq(rx.i), tx.o.eq(link.tx)]
+        pins = [platform.request(name, 0, dir="-") for name in ("led_g", "led_r")] if self.board == "icebreaker" \
+            else [platform.request("led", i, dir="-") for i in range(2)]
+        for i, (pin, value) in enumerate(zip(pins, (link.busy, link.error))):
+            m.submodules[f"led{i}"] = led = io.Buffer("o", pin)
+            m.d.comb += led.o.eq(value)
         return m
 
 

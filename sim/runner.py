@@ -131,9 +131,18 @@ def build_device_sim(params, *, name="device", sim="verilator"):
 
     from ..hw.device import LinkDevice
 
+    import fcntl
+
     simulator_env(sim)
     run_dir = BUILD / sim / f"{name}-device"
     run_dir.mkdir(parents=True, exist_ok=True)
+    # several processes (pytest workers) may ask for the same simulator: one builds, the rest wait
+    with open(run_dir.parent / f"{name}-device.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build_device_sim_locked(params, run_dir, sim, get_runner, verilog, LinkDevice)
+
+
+def _build_device_sim_locked(params, run_dir, sim, get_runner, verilog, LinkDevice):
     text = verilog.convert(LinkDevice(params=params, timeout_cycles=DEVICE_TIMEOUT_CYCLES), name="dev",
                            emit_src=False)
     src = run_dir / "dev.v"
@@ -146,18 +155,20 @@ def build_device_sim(params, *, name="device", sim="verilator"):
     return run_dir
 
 
-def serve_device(name, sim="verilator"):
-    """Run the simulated device on a pty until killed (see :mod:`tritium.sim.tb_device`)."""
+def serve_device(name, serve_dir, sim="verilator"):
+    """Run the simulated device on a pty until killed (see :mod:`tritium.sim.tb_device`).
+    ``serve_dir`` (one per running instance) receives ``pty.path`` and the logs."""
     from cocotb_tools.runner import get_runner
 
     simulator_env(sim)
     run_dir = BUILD / sim / f"{name}-device"
+    serve_dir = pathlib.Path(serve_dir)
+    serve_dir.mkdir(parents=True, exist_ok=True)
     get_runner(sim).test(test_module="tritium.sim.tb_device", hdl_toplevel="dev", hdl_toplevel_lang="verilog",
-                         build_dir=run_dir,
-                         test_dir=run_dir, timescale=("1ns", "1ps"),
-                         extra_env={"TRITIUM_RUN_DIR": str(run_dir),
+                         build_dir=run_dir, test_dir=serve_dir, timescale=("1ns", "1ps"),
+                         extra_env={"TRITIUM_RUN_DIR": str(serve_dir),
                                     "TRITIUM_TIMEOUT_CYCLES": str(DEVICE_TIMEOUT_CYCLES)},
-                         log_file=run_dir / "serve-sim.log")
+                         log_file=serve_dir / "serve-sim.log")
     return 0
 
 
@@ -174,9 +185,10 @@ def main(argv=None):
                     help="write waveforms into the build folder: FST (dump.fst) where the lz4 headers "
                          "are installed, else VCD (dump.vcd)")
     ap.add_argument("--serve-device", metavar="NAME", help=argparse.SUPPRESS)
+    ap.add_argument("--serve-dir", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.serve_device:
-        return serve_device(args.serve_device, sim=args.sim)
+        return serve_device(args.serve_device, args.serve_dir, sim=args.sim)
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:

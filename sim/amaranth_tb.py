@@ -139,3 +139,42 @@ def run_device_session(device, events, *, seed, stall_prob=0.3):
     sim.add_testbench(sink, background=True)
     sim.run()
     return bytes(replies)
+
+
+def measure_product_cycles(engine, m, k, *, products=2, weights=None):
+    """Back-to-back ``m x k`` products on ``engine`` with activations offered every cycle and
+    results always taken; returns the command-to-command periods in cycles (``products - 1`` of
+    them). The weight memory's contents do not affect timing, so ``weights`` (a matrix to load
+    first) is optional."""
+    p, lay = engine.params, engine.layouts
+    p.check_shape(m, k)  # a command that does not fit would be truncated and never complete
+    chunks = -(-k // p.trits)
+    accepted = []
+
+    async def tb(ctx):
+        if weights is not None:
+            for addr, word in enumerate(golden.weight_words(weights, lanes=p.lanes, trits=p.trits,
+                                                            packing=p.packing)):
+                await stream_put(ctx, engine.wr, lay.weight_write_bits(addr=addr, word=word))
+        ctx.set(engine.res.ready, 1)
+        cmd = lay.command_bits(base=0, rows=m, chunks=chunks)
+        cycle = 0
+        for _ in range(products):
+            todo = [(engine.cmd, cmd)] + [(engine.act, 0)] * chunks
+            while todo:
+                port, bits = todo[0]
+                ctx.set(port.valid, 1)
+                ctx.set(port.payload.as_value(), bits)
+                if ctx.get(port.ready):  # the transfer happens at this cycle's edge
+                    if port is engine.cmd:
+                        accepted.append(cycle)
+                    todo.pop(0)
+                await ctx.tick()
+                ctx.set(port.valid, 0)
+                cycle += 1
+
+    sim = Simulator(engine)
+    sim.add_clock(1e-6)
+    sim.add_testbench(tb)
+    sim.run()
+    return [b - a for a, b in zip(accepted, accepted[1:])]

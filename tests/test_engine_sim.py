@@ -9,7 +9,8 @@ from tritium.hw.engine import TernaryMatVec, TritDot, product_cycles
 from tritium.hw.layouts import EngineLayouts, Trit
 from tritium.hw.params import CONFIGS, EngineParams
 from tritium.sim import golden
-from tritium.sim.amaranth_tb import Stalls, run_engine_products, stream_get, stream_put
+from tritium.sim.amaranth_tb import (Stalls, measure_product_cycles, run_engine_products, stream_get,
+                                     stream_put)
 from tritium.sim.golden import TritiumValueError
 
 SIM_CONFIGS = ["tiny", "odd", "default", "wide", "base3"]
@@ -216,37 +217,6 @@ def test_params_are_keyword_only_and_capacity_checked():
 def test_cycle_model_matches_simulation(name, m, k):
     # back-to-back products with no stalls: the command-to-command period equals product_cycles()
     p = CONFIGS[name]
-    engine = TernaryMatVec(params=p)
-    lay = engine.layouts
-    rng = np.random.default_rng(9)
-    w = rng.integers(-1, 2, (m, k))
-    words = golden.weight_words(w, lanes=p.lanes, trits=p.trits, packing=p.packing)
-    xw = golden.activation_words(rng.integers(-128, 128, k), trits=p.trits)
-    accepted = []
-
-    async def tb(ctx):
-        for addr, word in enumerate(words):
-            await stream_put(ctx, engine.wr, lay.weight_write_bits(addr=addr, word=word))
-        ctx.set(engine.res.ready, 1)
-        todo = [("cmd", lay.command_bits(base=0, rows=m, chunks=len(xw)))] + [("act", wd) for wd in xw]
-        todo = todo * 3
-        cycle = 0
-        while todo:
-            port = getattr(engine, todo[0][0])
-            ctx.set(port.valid, 1)
-            ctx.set(port.payload.as_value(), todo[0][1])
-            if ctx.get(port.ready):  # the transfer happens at this cycle's edge
-                if todo[0][0] == "cmd":
-                    accepted.append(cycle)
-                todo.pop(0)
-            await ctx.tick()
-            ctx.set(port.valid, 0)
-            cycle += 1
-
-    sim = Simulator(engine)
-    sim.add_clock(1e-6)
-    sim.add_testbench(tb)
-    sim.run()
-    assert len(accepted) == 3
-    assert accepted[1] - accepted[0] == product_cycles(p, m, k)
-    assert accepted[2] - accepted[1] == product_cycles(p, m, k)
+    w = np.random.default_rng(9).integers(-1, 2, (m, k))
+    periods = measure_product_cycles(TernaryMatVec(params=p), m, k, products=3, weights=w)
+    assert periods == [product_cycles(p, m, k)] * 2

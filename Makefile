@@ -15,7 +15,7 @@ DEVICE ?= up5k
 # Board for `make bitstream`: icebreaker or ulx3s-85f.
 BOARD ?= icebreaker
 
-.PHONY: all venv sim test test-all formal synth bitstream selftest info clean distclean
+.PHONY: all venv sim test test-all formal synth bitstream selftest bench info clean distclean
 
 all: test
 
@@ -43,6 +43,12 @@ formal: $(STAMP)
 
 synth: $(STAMP)
 	$(BIN)/python -m tritium.hw.synth --device $(DEVICE) --config $(CONFIG)
+
+# Benchmarks: place and route over configurations and seeds, roofline from RTL simulation,
+# simulator and host speed; writes docs/perf/ (results.json, README.md, PNG plots).
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev,bench]"
+	$(BIN)/python -m tritium.sim.bench report
 
 # Bitstream and build/$(BOARD)/report.json; fails if timing is not met.
 bitstream: $(STAMP)

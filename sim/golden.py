@@ -257,6 +257,28 @@ def _check_engine_shape(lanes, trits):
             raise TritiumValueError(f"{name} = {v!r} must be a positive integer")
 
 
+def _lane_bits_array(blocks, packing):
+    """(..., trits) ternary -> (..., lane_bits) bits, least significant first."""
+    packing = Packing(packing)
+    codes = blocks.astype(np.int16) + 1
+    if packing is Packing.TRIT2:
+        return np.stack([codes & 1, codes >> 1], axis=-1).reshape(*codes.shape[:-1], -1).astype(np.uint8)
+    groups = codes.reshape(*codes.shape[:-1], -1, BASE3_TRITS_PER_BYTE).astype(np.int32)
+    q = groups @ _POW3
+    b = ((q * 256 + 242) // 243).astype(np.uint8)
+    return np.unpackbits(b[..., None], axis=-1, bitorder="little").reshape(*b.shape[:-1], -1)
+
+
+def _words_from_bits(bits):
+    """(n, word_bits) bits -> list of Python ints."""
+    n, width = bits.shape
+    pad = (-width) % 8
+    if pad:
+        bits = np.concatenate([bits, np.zeros((n, pad), np.uint8)], axis=1)
+    raw = np.packbits(bits, axis=1, bitorder="little")
+    return [int.from_bytes(row.tobytes(), "little") for row in raw]
+
+
 def weight_words(w, *, lanes, trits, packing):
     """The weight-memory image of ternary ``W`` (M x K) for an engine of ``lanes`` x ``trits``.
 
@@ -269,42 +291,38 @@ def weight_words(w, *, lanes, trits, packing):
     w = check_ternary(w, "weights")
     if w.ndim != 2 or 0 in w.shape:
         raise TritiumValueError(f"weights must be a non-empty 2-D matrix (M x K), got shape {w.shape}")
-    lb = lane_bits(trits, packing)
+    lane_bits(trits, packing)
     m, k = w.shape
     tiles, chunks = -(-m // lanes), -(-k // trits)
     padded = np.zeros((tiles * lanes, chunks * trits), np.int8)
     padded[:m, :k] = w
-    # (tiles, lanes, chunks, trits) -> (tiles, chunks, lanes, trits)
+    # (tiles, lanes, chunks, trits) -> (tiles, chunks, lanes, trits): one word per (tile, chunk)
     blocks = padded.reshape(tiles, lanes, chunks, trits).transpose(0, 2, 1, 3)
-    words = []
-    for block in blocks.reshape(tiles * chunks, lanes, trits):
-        word = 0
-        for lane in range(lanes - 1, -1, -1):
-            packed = pack(block[lane], packing)
-            value = int.from_bytes(packed.tobytes(), "little") & ((1 << lb) - 1)
-            word = (word << lb) | value
-        words.append(word)
-    return words
+    bits = _lane_bits_array(blocks, packing)
+    return _words_from_bits(bits.reshape(tiles * chunks, -1))
 
 
 def weights_from_words(words, m, k, *, lanes, trits, packing, lenient=False):
     """Inverse of :func:`weight_words`: recover the M x K ternary matrix. With ``lenient``,
     the invalid code 3 reads as 0, as the gateware reads it."""
     _check_engine_shape(lanes, trits)
+    packing = Packing(packing)
     lb = lane_bits(trits, packing)
     tiles, chunks = -(-m // lanes), -(-k // trits)
     if len(words) < tiles * chunks:
         raise TritiumValueError(f"{len(words)} weight words given, {m}x{k} needs {tiles * chunks}")
-    out = np.zeros((tiles * lanes, chunks * trits), np.int8)
-    nbytes = -(-lb // 8)
-    for i, word in enumerate(words[:tiles * chunks]):
-        tile, chunk = divmod(i, chunks)
-        for lane in range(lanes):
-            value = (word >> (lane * lb)) & ((1 << lb) - 1)
-            packed = np.frombuffer(value.to_bytes(nbytes, "little"), np.uint8)
-            out[tile * lanes + lane, chunk * trits:(chunk + 1) * trits] = unpack(packed, trits, packing,
-                                                                                 lenient=lenient)
-    return out[:m, :k]
+    nbytes = -(-(lanes * lb) // 8)
+    raw = np.frombuffer(b"".join(int(wd).to_bytes(nbytes, "little") for wd in words[:tiles * chunks]),
+                        np.uint8).reshape(tiles * chunks, nbytes)
+    bits = np.unpackbits(raw, axis=1, bitorder="little")[:, :lanes * lb].reshape(tiles * chunks, lanes, lb)
+    if packing is Packing.TRIT2:
+        codes = bits[..., 0::2] | bits[..., 1::2] << 1
+    else:
+        b = np.packbits(bits, axis=-1, bitorder="little")
+        codes = base3_decode_byte(b).reshape(tiles * chunks, lanes, trits)
+    vals = trits_from_codes(codes, f"{packing.value} codes", lenient=lenient)
+    out = vals.reshape(tiles, chunks, lanes, trits).transpose(0, 2, 1, 3).reshape(tiles * lanes, chunks * trits)
+    return out[:m, :k].copy()
 
 
 def activation_words(x, *, trits):

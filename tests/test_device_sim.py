@@ -113,5 +113,7 @@ def test_reset_clears_slots():
 def test_device_params_validated():
     with pytest.raises(TypeError, match="params must be an EngineParams"):
         LinkDevice(params=None)
+    with pytest.raises(ValueError, match="weight_depth = 70000 does not fit the link protocol's 16-bit fields"):
+        LinkDevice(params=EngineParams(lanes=1, trits=1, weight_depth=70000))
     with pytest.raises(ValueError, match="timeout_cycles = 1"):
         LinkDevice(params=EngineParams(lanes=1, trits=1), timeout_cycles=1)

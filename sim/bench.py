@@ -1,0 +1,426 @@
+"""Benchmarks and design-space exploration (``make bench``).
+
+``python -m tritium.sim.bench report`` measures and writes ``docs/perf/results.json``,
+``docs/perf/README.md`` and PNG plots: place-and-route per configuration, board and seed;
+roofline fraction from RTL simulation (checked against the cycle model); simulator speed; the
+golden backend's host throughput; modeled tokens/s; projections to bigger parts.
+
+``python -m tritium.sim.bench sweep --lanes 4,8 --trits 4,8 ...`` runs a design-space sweep of
+place and route in parallel and prints the Pareto front. Jobs go to any
+:class:`concurrent.futures.Executor`: local processes by default, or, for example, a Dask
+cluster (``distributed.Client(...).get_executor()``) passed to :func:`sweep`.
+"""
+
+import argparse
+import concurrent.futures
+import datetime
+import itertools
+import json
+import os
+import pathlib
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from ..hw.engine import TernaryMatVec, product_cycles
+from ..hw.params import CONFIGS, EngineParams
+from ..hw.boards import BOARDS
+from ..hw.synth import DEVICES, run_flow
+from . import golden
+
+__all__ = ["SweepPoint", "sweep", "pareto_front", "roofline", "main"]
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+OUT = ROOT / "docs" / "perf"
+
+#: the naive reference: a 16-lane adder-tree ternary dot with a 32-bit accumulator
+REFERENCE = {"up5k": {"logic": 833, "fmax_mhz": 19.8, "macs": 16},
+             "ecp5-85f": {"logic": 1243, "fmax_mhz": 57.0, "macs": 16}}
+TARGET_MHZ = {"up5k": 48, "ecp5-85f": 150}
+
+#: engine configurations in the report: the default, other lane/trit splits of the same
+#: 64-bit weight word, and the TerEffic-style 5-trits-per-byte alternative (base3)
+BENCH_CONFIGS = {
+    "default": CONFIGS["default"],
+    "wide-16x2": CONFIGS["wide"],
+    "4x8": EngineParams(lanes=4, trits=8, packing="trit2", max_k=1024, weight_depth=512),
+    "2x16": EngineParams(lanes=2, trits=16, packing="trit2", max_k=1024, weight_depth=512),
+    "base3-4x10": CONFIGS["base3"],
+}
+
+#: stand-in shapes for the issue-4 model until it ships (MatMul-free LM, hidden 128, GLU 256,
+#: 3 layers, byte vocabulary): (name, M, K). 524,288 trits: exactly the UP5K's four SPRAMs.
+STANDIN_LAYER = [("i_proj", 128, 128), ("f_proj", 128, 128), ("g_proj", 128, 128), ("o_proj", 128, 128),
+                 ("gate_proj", 512, 128), ("down_proj", 128, 256)]
+STANDIN_MODEL = STANDIN_LAYER * 3 + [("lm_head", 256, 128)]
+
+
+# -- design-space sweep -----------------------------------------------------------------------------
+
+class SweepPoint(dict):
+    """One place-and-route job: ``params`` (dict), ``device``, ``seed``, ``freq_mhz``, ``name``."""
+
+
+def _run_point(point):
+    params = EngineParams.from_dict(point["params"])
+    t0 = time.monotonic()
+    r = run_flow(params, device=point["device"], seed=point["seed"], freq_mhz=point["freq_mhz"],
+                 name=point["name"])
+    r["pnr_seconds"] = round(time.monotonic() - t0, 1)
+    return r
+
+
+def sweep(points, executor=None, max_workers=None):
+    """Place and route every point, concurrently on ``executor`` (any ``concurrent.futures.Executor``;
+    default: a local process pool). Returns the result dicts in input order."""
+    own = executor is None
+    if own:
+        executor = concurrent.futures.ProcessPoolExecutor(max_workers=max_workers or os.cpu_count())
+    try:
+        futures = [executor.submit(_run_point, dict(pt)) for pt in points]
+        return [f.result() for f in futures]
+    finally:
+        if own:
+            executor.shutdown()
+
+
+def summarize(results):
+    """Group per (config, device): min/median/max Fmax over seeds and the derived efficiencies."""
+    groups = {}
+    for r in results:
+        groups.setdefault((r["config"], r["device"]), []).append(r)
+    rows = []
+    for (config, device), rs in groups.items():
+        fm = sorted(r["fmax_mhz"] for r in rs)
+        med = statistics.median(fm)
+        logic = statistics.median(r["logic_used"] for r in rs)
+        macs = rs[0]["macs_per_cycle"]
+        ref = REFERENCE[device]
+        rows.append({
+            "config": config, "device": device, "params": rs[0]["params"], "seeds": [r["seed"] for r in rs],
+            "logic_used": logic, "logic_available": rs[0]["logic_available"], "ff_used": rs[0]["ff_used"],
+            "bram_used": rs[0]["bram_used"], "spram_used": rs[0]["spram_used"], "dsp_used": rs[0]["dsp_used"],
+            "fmax_mhz_min": fm[0], "fmax_mhz_median": med, "fmax_mhz_max": fm[-1],
+            "target_mhz": TARGET_MHZ[device], "fmax_target_met": med >= TARGET_MHZ[device],
+            "macs_per_cycle": macs, "gmac_per_s": round(macs * med / 1000, 3),
+            "mac_per_cycle_per_klc": round(macs / logic * 1000, 2),
+            "mac_per_cycle_per_klc_vs_reference": round(macs / logic / (ref["macs"] / ref["logic"]), 2),
+            "gmac_per_s_vs_reference": round(macs * med / (ref["macs"] * ref["fmax_mhz"]), 2),
+        })
+    return rows
+
+
+def pareto_front(rows, device):
+    """Rows of ``device`` not beaten on both logic (fewer) and GMAC/s (more)."""
+    cand = [r for r in rows if r["device"] == device]
+    return sorted((r for r in cand if not any(
+        o["logic_used"] <= r["logic_used"] and o["gmac_per_s"] >= r["gmac_per_s"] and
+        (o["logic_used"], o["gmac_per_s"]) != (r["logic_used"], r["gmac_per_s"]) for o in cand)),
+        key=lambda r: r["logic_used"])
+
+
+# -- roofline from RTL simulation -----------------------------------------------------------------------
+
+def roofline(params, shapes):
+    """For each (name, M, K): cycles per product in RTL simulation (Amaranth, no stalls) against
+    :func:`product_cycles`, and the fraction of the weight memory's trits/cycle actually used."""
+    from .amaranth_tb import measure_product_cycles
+
+    rows = []
+    for name, m, k in shapes:
+        t0 = time.monotonic()
+        (rtl,) = measure_product_cycles(TernaryMatVec(params=params), m, k, products=2)
+        model = product_cycles(params, m, k)
+        rows.append({"shape": name, "m": m, "k": k, "cycles_rtl": rtl, "cycles_model": model,
+                     "model_matches_rtl": rtl == model,
+                     "roofline_fraction": round(m * k / (rtl * params.trits_per_cycle), 4),
+                     "sim_seconds": round(time.monotonic() - t0, 1)})
+    return rows
+
+
+def verilator_speed():
+    """Cycles simulated per second of wall time: the engine's cocotb testbench under Verilator."""
+    import xml.etree.ElementTree as ET
+
+    from .runner import run_engine_tb
+    r = run_engine_tb(CONFIGS["default"], name="bench-speed", products=400, seed=1)
+    cases = ET.parse(pathlib.Path(r["build_dir"]) / "results.xml").getroot().iter("testcase")
+    sim_ns = real_s = 0.0
+    for c in cases:
+        sim_ns += float(c.get("sim_time_ns", 0))
+        real_s += float(c.get("time", 0))
+    return {"config": "default", "cycles_per_second": round(sim_ns / 10 / real_s), "harness": "cocotb 2 + Verilator",
+            "note": "the cocotb Python testbench (drivers, monitors, golden model) dominates wall time"}
+
+
+def host_throughput(shapes, repeats=20):
+    """The golden backend (Accelerator over GoldenTransport: protocol + golden model) against numpy's
+    float32 matrix-vector product, microseconds per product."""
+    from ..host.accelerator import Accelerator
+    from ..host.transport import GoldenTransport
+    params = EngineParams(lanes=8, trits=4, max_k=2048, weight_depth=0xFFFF)
+    acc = Accelerator(GoldenTransport(params))
+    rng = np.random.default_rng(0)
+    rows = []
+    for name, m, k in shapes:
+        if params.words_for(m, k) > params.weight_depth:
+            continue
+        w = rng.integers(-1, 2, (m, k))
+        x = rng.integers(-128, 128, k)
+        acc.reset()
+        acc.load(0, w)
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            acc.matvec(0, x)
+        golden_us = (time.perf_counter() - t0) / repeats * 1e6
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            golden.matvec(w, x)
+        model_us = (time.perf_counter() - t0) / repeats * 1e6
+        wf, xf = w.astype(np.float32), x.astype(np.float32)
+        t0 = time.perf_counter()
+        for _ in range(repeats * 10):
+            wf @ xf
+        f32_us = (time.perf_counter() - t0) / (repeats * 10) * 1e6
+        rows.append({"shape": name, "m": m, "k": k, "golden_backend_us": round(golden_us, 1),
+                     "golden_matvec_us": round(model_us, 1), "numpy_f32_us": round(f32_us, 1)})
+    return rows
+
+
+# -- modeled tokens/s and projections ---------------------------------------------------------------
+
+def link_model(params, shapes, *, clock_hz, baud):
+    """Per token: link seconds (MATVEC request + reply bytes, 10 bits each) and compute seconds
+    (engine :func:`product_cycles` plus the sequencer's 2 cycles per activation byte and one
+    cycle per result byte)."""
+    from ..hw import protocol as P
+    accb = P.acc_bytes(params)
+    link_bits = compute_cycles = 0
+    for _, m, k in shapes:
+        chunks = -(-k // params.trits)
+        link_bits += 10 * ((P.HEADER_BYTES + 2 + 1 + chunks * params.trits) + (P.HEADER_BYTES + 2 + m * accb))
+        compute_cycles += product_cycles(params, m, k) + 2 * chunks * params.trits + m * accb
+    link_s, compute_s = link_bits / baud, compute_cycles / clock_hz
+    return {"link_s_per_token": link_s, "compute_s_per_token": compute_s,
+            "tokens_per_s": 1 / (link_s + compute_s), "bound": "link" if link_s > compute_s else "compute",
+            "compute_only_tokens_per_s": 1 / compute_s}
+
+
+def projections():
+    """Labelled projections: weight bytes per token over memory bandwidth, and MAC rate."""
+    models = {
+        "MatMul-free 370M": {"trits": 24 * (4 * 1024 * 1024 + 2 * 2816 * 1024 + 2816 * 1024) + 32000 * 1024},
+        "BitNet b1.58 2B-4T": {"trits": 30 * (2 * 2560 * 2560 + 2 * 640 * 2560 + 3 * 6912 * 2560) + 128256 * 2560},
+    }
+    parts = {
+        "ULX3S ECP5-85F + 32 MB SDRAM (16-bit, 166 MHz)": {"bytes_per_s": 2 * 166e6 * 0.8, "mem_bytes": 32 << 20,
+                                                          "macs_per_s": 32 * 100e6},
+        "HBM FPGA (Alveo U280 class, 460 GB/s)": {"bytes_per_s": 460e9 * 0.8, "mem_bytes": 8 << 30,
+                                                 "macs_per_s": 6144 * 300e6},
+    }
+    rows = []
+    for mname, mdl in models.items():
+        wbytes = mdl["trits"] * 2 / 8
+        for pname, part in parts.items():
+            bw_tps = part["bytes_per_s"] / wbytes
+            mac_tps = part["macs_per_s"] / mdl["trits"]
+            rows.append({"model": mname, "part": pname, "weight_mbytes": round(wbytes / 1e6, 1),
+                         "fits": wbytes <= part["mem_bytes"], "bandwidth_bound_tok_s": round(bw_tps, 1),
+                         "compute_bound_tok_s": round(mac_tps, 1), "projected_tok_s": round(min(bw_tps, mac_tps), 1)})
+    anchors = [
+        {"system": "TerEffic (on-chip, 370M)", "tokens_per_s": 16300},
+        {"system": "TeLLMe (KV260)", "tokens_per_s": 25},
+        {"system": "ZyboGPT (115K-parameter model)", "tokens_per_s": 3072},
+        {"system": "bitnet.cpp (2B on CPU, 29 ms/token)", "tokens_per_s": round(1 / 0.029, 1)},
+    ]
+    return {"rows": rows, "anchors": anchors,
+            "assumptions": "2 bits per trit streamed once per token, 80% of peak bandwidth; ULX3S engine 32 MAC/cycle "
+                           "at 100 MHz; HBM engine scaled to 6144 MAC/cycle at 300 MHz (about 92K LUT at the "
+                           "measured ~15 LUT per MAC). Labelled projection, not measurement."}
+
+
+# -- report -------------------------------------------------------------------------------------------
+
+def _plots(rows, roof, out):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, device in zip(axes, DEVICES):
+        rs = [r for r in rows if r["device"] == device]
+        for r in rs:
+            ax.errorbar(r["logic_used"], r["gmac_per_s"],
+                        yerr=[[r["gmac_per_s"] - r["macs_per_cycle"] * r["fmax_mhz_min"] / 1000],
+                              [r["macs_per_cycle"] * r["fmax_mhz_max"] / 1000 - r["gmac_per_s"]]], fmt="o")
+            ax.annotate(r["config"], (r["logic_used"], r["gmac_per_s"]), fontsize=8,
+                        xytext=(4, 4), textcoords="offset points")
+        ref = REFERENCE[device]
+        ax.plot([ref["logic"]], [ref["macs"] * ref["fmax_mhz"] / 1000], "rx", label="naive reference")
+        ax.set_xlabel("LC" if device == "up5k" else "LUT4")
+        ax.set_ylabel("GMAC/s at median Fmax")
+        ax.set_title(device)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "pareto.png", dpi=110)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.bar([f"{r['shape']}\n{r['m']}x{r['k']}" for r in roof], [r["roofline_fraction"] for r in roof])
+    ax.axhline(0.9, color="r", linestyle="--", label="90% target")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("fraction of weight-memory trits/cycle")
+    ax.set_title("roofline fraction (RTL simulation, default engine)")
+    ax.legend()
+    plt.setp(ax.get_xticklabels(), fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "roofline.png", dpi=110)
+    plt.close(fig)
+
+
+def _table(rows, cols):
+    head = "| " + " | ".join(c for c, _ in cols) + " |\n|" + "---|" * len(cols) + "\n"
+    return head + "".join("| " + " | ".join(str(f(r)) for _, f in cols) + " |\n" for r in rows)
+
+
+def write_report(res, out=OUT):
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(res, indent=2) + "\n")
+    _plots(res["pnr"], res["roofline"], out)
+    rows = res["pnr"]
+    md = ["# Tritium performance report", "",
+          f"Generated by `make bench` on {res['date']} (nextpnr seeds {res['seeds']}; YoWASP tools from PyPI). "
+          "Numbers are for the engine inside a small measurement harness (an LFSR drives the inputs, the outputs "
+          "are XOR-folded to one pin: about 95 cells), out of context.", "",
+          "## Place and route", "",
+          _table(rows, [("config", lambda r: r["config"]), ("device", lambda r: r["device"]),
+                        ("LC/LUT", lambda r: r["logic_used"]), ("RAM", lambda r: r["bram_used"]),
+                        ("DSP", lambda r: r["dsp_used"]),
+                        ("Fmax min/med/max MHz", lambda r: f"{r['fmax_mhz_min']:.1f} / {r['fmax_mhz_median']:.1f} / "
+                                                           f"{r['fmax_mhz_max']:.1f}"),
+                        ("MAC/cycle", lambda r: r["macs_per_cycle"]), ("GMAC/s", lambda r: r["gmac_per_s"]),
+                        ("MAC/cycle/kLC", lambda r: r["mac_per_cycle_per_klc"]),
+                        ("x ref (per kLC)", lambda r: r["mac_per_cycle_per_klc_vs_reference"]),
+                        ("x ref (GMAC/s)", lambda r: r["gmac_per_s_vs_reference"])]),
+          "![Pareto](pareto.png)", "",
+          "Pareto front (fewest cells for the most GMAC/s): " + "; ".join(
+              f"{d}: " + ", ".join(r["config"] for r in pareto_front(rows, d)) for d in DEVICES), "",
+          "## Roofline (cycle-accurate RTL simulation, default engine)", "",
+          "Fraction of the trits per cycle that the weight memory delivers (one word per cycle) that go into "
+          "useful MACs, command to command, activation loading included. The cycle model `product_cycles` is "
+          "checked against the simulation for every shape.", "",
+          _table(res["roofline"], [("shape", lambda r: r["shape"]), ("M x K", lambda r: f"{r['m']}x{r['k']}"),
+                                   ("cycles (RTL)", lambda r: r["cycles_rtl"]),
+                                   ("cycles (model)", lambda r: r["cycles_model"]),
+                                   ("roofline", lambda r: f"{r['roofline_fraction']:.1%}")]),
+          "![roofline](roofline.png)", "",
+          "## Modeled tokens/s (stand-in for the issue-4 model: MatMul-free, hidden 128, GLU 256, 3 layers, "
+          "256-byte vocabulary, 524,288 trits)", "",
+          _table(res["tokens"], [("board", lambda r: r["board"]), ("clock MHz", lambda r: r["clock_mhz"]),
+                                 ("link ms/token", lambda r: f"{r['link_s_per_token'] * 1e3:.2f}"),
+                                 ("compute ms/token", lambda r: f"{r['compute_s_per_token'] * 1e3:.3f}"),
+                                 ("tokens/s", lambda r: f"{r['tokens_per_s']:.1f}"), ("bound", lambda r: r["bound"]),
+                                 ("compute-only tokens/s", lambda r: f"{r['compute_only_tokens_per_s']:.0f}")]),
+          "## Simulator and host speed", "",
+          f"Verilator under cocotb: {res['verilator']['cycles_per_second']} cycles/s ({res['verilator']['note']}).", "",
+          _table(res["host"], [("shape", lambda r: f"{r['m']}x{r['k']}"),
+                               ("golden backend µs (protocol + model)", lambda r: r["golden_backend_us"]),
+                               ("golden matvec µs", lambda r: r["golden_matvec_us"]),
+                               ("numpy float32 µs", lambda r: r["numpy_f32_us"])]),
+          "## Projection to bigger parts (projection, not measurement)", "",
+          res["projection"]["assumptions"], "",
+          _table(res["projection"]["rows"], [("model", lambda r: r["model"]), ("part", lambda r: r["part"]),
+                                             ("weights MB", lambda r: r["weight_mbytes"]), ("fits", lambda r: r["fits"]),
+                                             ("tok/s (bandwidth)", lambda r: r["bandwidth_bound_tok_s"]),
+                                             ("tok/s (compute)", lambda r: r["compute_bound_tok_s"])]),
+          "Published anchors: " + "; ".join(f"{a['system']}: {a['tokens_per_s']} tok/s"
+                                            for a in res["projection"]["anchors"]), "",
+          "## Targets", "", res["targets"], ""]
+    (out / "README.md").write_text("\n".join(md))
+
+
+def _targets_text(rows, roof):
+    lines = []
+    for d in DEVICES:
+        best_f = max(r["fmax_mhz_median"] for r in rows if r["device"] == d)
+        best_e = max(r["mac_per_cycle_per_klc_vs_reference"] for r in rows if r["device"] == d)
+        lines.append(f"- {d}: best median Fmax {best_f:.1f} MHz (target {TARGET_MHZ[d]}: "
+                     f"{'met' if best_f >= TARGET_MHZ[d] else 'missed'}); best MAC/cycle/kLC "
+                     f"{best_e:.2f}x the reference (target 3x: {'met' if best_e >= 3 else 'missed'}).")
+    worst = min(r["roofline_fraction"] for r in roof)
+    lines.append(f"- roofline: lowest fraction {worst:.1%} over the shapes above (target 90%: "
+                 f"{'met' if worst >= 0.9 else 'missed'}).")
+    return "\n".join(lines)
+
+
+def report(seeds=(1, 2, 3), max_workers=None, configs=None):
+    configs = configs or BENCH_CONFIGS
+    points = [SweepPoint(params=p.as_dict(), device=d, seed=s, freq_mhz=TARGET_MHZ[d], name=f"bench-{n}")
+              for n, p in configs.items() for d in DEVICES for s in seeds]
+    pnr = sweep(points, max_workers=max_workers)
+    for r, pt in zip(pnr, points):
+        r["config"] = pt["name"].removeprefix("bench-")
+    rows = summarize(pnr)
+    shapes = [("square", n, n) for n in (256, 512, 1024, 2048)] + \
+             [(n, m, k) for n, m, k in dict.fromkeys(STANDIN_LAYER)]
+    # the default engine's datapath with a weight memory deep enough for 2048 x 2048 (timing does not
+    # depend on the depth; this memory exists only in simulation)
+    roof_params = EngineParams(lanes=8, trits=4, packing="trit2", max_k=2048, weight_depth=1 << 17)
+    roof = roofline(roof_params, shapes)
+    tokens = []
+    for board, clock, p in (("icebreaker", 12e6, CONFIGS["up5k-spram"]),
+                            ("ulx3s-85f", 25e6, BOARDS["ulx3s-85f"][1])):
+        tokens.append({"board": board, "clock_mhz": clock / 1e6,
+                       **link_model(p, STANDIN_MODEL, clock_hz=clock, baud=1_000_000)})
+    res = {"date": datetime.date.today().isoformat(), "seeds": list(seeds), "pnr_runs": pnr, "pnr": rows,
+           "roofline": roof, "tokens": tokens, "verilator": verilator_speed(),
+           "host": host_throughput([("square", n, n) for n in (256, 512, 1024, 2048)]),
+           "projection": projections(), "targets": _targets_text(rows, roof)}
+    write_report(res)
+    return res
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m tritium.sim.bench", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    rp = sub.add_parser("report", help="run the benchmark suite and write docs/perf/")
+    rp.add_argument("--seeds", default="1,2,3")
+    rp.add_argument("--jobs", type=int, default=None)
+    sw = sub.add_parser("sweep", help="place-and-route sweep; prints the Pareto front")
+    sw.add_argument("--lanes", default="4,8")
+    sw.add_argument("--trits", default="4,8")
+    sw.add_argument("--packing", default="trit2")
+    sw.add_argument("--devices", default="up5k")
+    sw.add_argument("--seeds", default="1")
+    sw.add_argument("--jobs", type=int, default=None)
+    args = ap.parse_args(argv)
+    ints = lambda s: [int(v) for v in s.split(",") if v]  # noqa: E731
+    if args.cmd == "report":
+        res = report(seeds=tuple(ints(args.seeds)), max_workers=args.jobs)
+        print(res["targets"])
+        print(f"wrote {OUT / 'README.md'}, {OUT / 'results.json'}")
+        return 0
+    points = []
+    for lanes, trits, packing, device, seed in itertools.product(
+            ints(args.lanes), ints(args.trits), args.packing.split(","), args.devices.split(","), ints(args.seeds)):
+        try:
+            p = EngineParams(lanes=lanes, trits=trits, packing=packing, max_k=1024, weight_depth=512)
+        except golden.TritiumValueError as e:
+            print(f"skip {lanes}x{trits} {packing}: {e}")
+            continue
+        points.append(SweepPoint(params=p.as_dict(), device=device, seed=seed, freq_mhz=TARGET_MHZ[device],
+                                 name=f"sweep-{lanes}x{trits}-{packing}"))
+    results = sweep(points, max_workers=args.jobs)
+    for r, pt in zip(results, points):
+        r["config"] = pt["name"].removeprefix("sweep-")
+    rows = summarize(results)
+    for device in dict.fromkeys(r["device"] for r in rows):
+        print(f"Pareto front on {device} (cells, GMAC/s, Fmax median, MAC/cycle/kLC):")
+        for r in pareto_front(rows, device):
+            print(f"  {r['config']:16s} {r['logic_used']:6} {r['gmac_per_s']:7.3f} {r['fmax_mhz_median']:7.1f} "
+                  f"{r['mac_per_cycle_per_klc']:7.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

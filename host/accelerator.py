@@ -1,6 +1,7 @@
 """The host API: an accelerator reached over any :class:`~tritium.host.transport.Transport`."""
 
 import struct
+import time
 
 import numpy as np
 
@@ -81,7 +82,6 @@ class Accelerator:
         return body
 
     def _read_reply(self):
-        import time
         deadline = time.monotonic() + self.timeout
         while True:
             remaining = deadline - time.monotonic()
@@ -129,11 +129,16 @@ class Accelerator:
         if w.ndim != 2:
             raise TritiumValueError(f"weights must be a 2-D matrix (M x K), got shape {w.shape}")
         m, k = w.shape
+        others = [(i, b, b + p.words_for(mm, kk)) for i, s in enumerate(self.slots) if s and i != slot
+                  for b, mm, kk in [s]]
         if base is None:
-            others = [(b, p.words_for(mm, kk)) for i, s in enumerate(self.slots) if s and i != slot
-                      for b, mm, kk in [s]]
-            base = max((b + n for b, n in others), default=0)
+            base = max((end for _, _, end in others), default=0)
         p.check_shape(m, k, base)
+        end = base + p.words_for(m, k)
+        for i, b, e in others:
+            if base < e and b < end:
+                raise TritiumValueError(f"weight words {base}..{end - 1} would overwrite slot {i} "
+                                        f"(words {b}..{e - 1}); reset() or choose another base")
         words = golden.weight_words(w, lanes=p.lanes, trits=p.trits, packing=p.packing)
         self.write_words(base, words)
         chunks = -(-k // p.trits)

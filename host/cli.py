@@ -75,8 +75,8 @@ def _selftest(args):
             while p.words_for(m, k) > p.weight_depth // 2:
                 m, k = max(1, m // 2), max(1, k // 2)
             w = rng.integers(-1, 2, (m, k))
-            slot = trial % 8
-            acc.load(slot, w, base=(trial % 2) * (p.weight_depth // 2))
+            slot = trial % 2  # two resident matrices, each slot replaced in its own half of the memory
+            acc.load(slot, w, base=slot * (p.weight_depth // 2))
             for _ in range(args.products):
                 x = rng.integers(-128, 128, k)
                 y = acc.matvec(slot, x)

@@ -4,7 +4,7 @@ Behaves byte for byte like :class:`tritium.sim.device_model.DeviceModel` (the te
 the protocol itself is defined in :mod:`tritium.hw.protocol`.
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 

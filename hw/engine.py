@@ -6,7 +6,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..sim import golden
 from ..sim.golden import Packing
-from .layouts import EngineLayouts, Trit
+from .layouts import EngineLayouts
 from .params import EngineParams, rejected
 from .wmem import WeightMemory
 

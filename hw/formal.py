@@ -3,7 +3,7 @@
 Every top-level input of a harness is unconstrained: the solver picks any value every cycle.
 """
 
-from amaranth.hdl import Assert, Assume, Cover, Module, Mux, Signal, signed
+from amaranth.hdl import Assert, Assume, Cover, Module, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, flipped
 

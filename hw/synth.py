@@ -12,7 +12,6 @@ counts, and the achieved Fmax.
 
 import argparse
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from .engine import TernaryMatVec
-from .params import CONFIGS, EngineParams
+from .params import CONFIGS
 
 __all__ = ["EngineHarness", "DEVICES", "run_flow", "up5k_platform", "main"]
 

@@ -108,7 +108,7 @@ class EngineBench:
                     getattr(dut, f"{head[0]}__payload").value = head[1]
             dut.res__ready.value = int(self.rng.random() >= self.stall_out)
             await ReadOnly()
-            if head is not None and dut.__getattr__(f"{head[0]}__ready").value:
+            if head is not None and getattr(dut, f"{head[0]}__ready").value:
                 self.todo.popleft()
                 self.observed(*head)
             if dut.res__valid.value and dut.res__ready.value:

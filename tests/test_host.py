@@ -67,6 +67,8 @@ def test_host_side_errors_change_nothing(acc):
         acc.load(2, np.zeros((1, 201), int))
     with pytest.raises(TritiumValueError, match=r"weights\[0, 0\] = 2 is not ternary"):
         acc.load(2, np.full((1, 3), 2))
+    with pytest.raises(TritiumValueError, match=r"would overwrite slot 1"):
+        acc.load(2, np.ones((3, 5), int), base=acc.slots[1][0])
     # nothing reached the device, and what was loaded still works
     assert acc.status() == {**before, "frames_ok": before["frames_ok"] + 1}
     assert acc.matvec(1, np.arange(5)).tolist() == [10, 10, 10]

@@ -12,7 +12,8 @@ from .wmem import WeightMemory
 
 __all__ = ["TritDot", "LaneAccumulator", "TernaryMatVec", "PIPELINE_DEPTH", "product_cycles"]
 
-#: Cycles from a weight-word read being issued to its lane sum reaching the accumulators.
+#: Cycles from a weight-word read being issued to its lane sum reaching the accumulators
+#: (one more with ``EngineParams.read_register``: see :attr:`EngineParams.pipeline_depth`).
 PIPELINE_DEPTH = 3
 
 
@@ -21,14 +22,16 @@ def product_cycles(params, m, k):
     ``m x k`` product with activations offered every cycle and ``res`` always ready.
 
     ``chunks`` cycles load the activations, the first tile takes ``chunks`` cycles, each later
-    tile ``max(chunks, PIPELINE_DEPTH + 2)`` (a tile end waits for the previous one to leave the
-    output register), and ``PIPELINE_DEPTH + 3`` cycles drain the pipeline and return to idle.
+    tile ``max(chunks, D + 2)`` (a tile end waits for the previous one to leave the output
+    register), and ``D + 3`` cycles drain the pipeline and return to idle, where
+    ``D = params.pipeline_depth``.
     ``tiles * chunks`` of these cycles read a weight word: the weight-bandwidth roofline.
     """
     params.check_shape(m, k)
     chunks = -(-k // params.trits)
     tiles = -(-m // params.lanes)
-    return 2 * chunks + (tiles - 1) * max(chunks, PIPELINE_DEPTH + 2) + PIPELINE_DEPTH + 3
+    depth = params.pipeline_depth
+    return 2 * chunks + (tiles - 1) * max(chunks, depth + 2) + depth + 3
 
 
 def _sext(value, width):
@@ -212,8 +215,9 @@ class TernaryMatVec(wiring.Component):
     lanes)``. A finished tile waits in an output register while the next tile computes; the
     last chunk of a tile is issued only once that register is free and no earlier tile end is
     in the pipeline, so with ``res`` always ready the engine reads a weight word every cycle
-    whenever ``chunks >= PIPELINE_DEPTH + 1``. A tile's result is valid ``PIPELINE_DEPTH``
-    cycles after its last weight word is read.
+    whenever ``chunks >= params.pipeline_depth + 1``. A tile's result is valid
+    ``params.pipeline_depth`` cycles after its last weight word is read (3, or 4 with
+    ``read_register``); :func:`product_cycles` gives the exact count.
     Reset clears all control state; the weight memory keeps its contents.
     """
 
@@ -266,7 +270,7 @@ class TernaryMatVec(wiring.Component):
         ]
 
         ctrl = data.StructLayout({"valid": 1, "last": 1, "final": 1, "count": count_w})
-        stages = [Signal(ctrl, name=f"s{i + 1}") for i in range(PIPELINE_DEPTH)]
+        stages = [Signal(ctrl, name=f"s{i + 1}") for i in range(p.pipeline_depth)]
 
         # output register: one finished tile
         bank = [Signal(signed(p.acc_width), name=f"bank{i}", reset_less=True) for i in range(p.lanes)]
@@ -331,13 +335,18 @@ class TernaryMatVec(wiring.Component):
         acc_stage = stages[-1]
 
         # datapath: one TritDot and one accumulator per lane
+        w_word, x_word = wmem.rd_data, x_rd.data
+        if p.read_register:
+            w_word = Signal.like(wmem.rd_data, reset_less=True)
+            x_word = Signal.like(x_rd.data, reset_less=True)
+            m.d.sync += [w_word.eq(wmem.rd_data), x_word.eq(x_rd.data)]
         accs = []
         for lane in range(p.lanes):
             dot = TritDot(trits=p.trits, packing=p.packing)
             acc = LaneAccumulator(partial_width=p.partial_width, width=p.acc_width)
             m.submodules[f"dot{lane}"] = dot
             m.submodules[f"acc{lane}"] = acc
-            m.d.comb += [dot.w.eq(wmem.rd_data[lane]), dot.x.eq(x_rd.data),
+            m.d.comb += [dot.w.eq(w_word[lane]), dot.x.eq(x_word),
                          acc.partial.eq(dot.partial), acc.carry.eq(dot.carry),
                          acc.en.eq(acc_stage.valid), acc.last.eq(acc_stage.last)]
             accs.append(acc)

@@ -41,13 +41,15 @@ REFERENCE = {"up5k": {"logic": 833, "fmax_mhz": 19.8, "macs": 16},
 TARGET_MHZ = {"up5k": 48, "ecp5-85f": 150}
 
 #: engine configurations in the report: the default, other lane/trit splits of the same
-#: 64-bit weight word, and the TerEffic-style 5-trits-per-byte alternative (base3)
+#: 64-bit weight word, the TerEffic-style 5-trits-per-byte alternative (base3), and the default
+#: with a register after the memories (read_register)
 BENCH_CONFIGS = {
     "default": CONFIGS["default"],
     "wide-16x2": CONFIGS["wide"],
     "4x8": EngineParams(lanes=4, trits=8, packing="trit2", max_k=1024, weight_depth=512),
     "2x16": EngineParams(lanes=2, trits=16, packing="trit2", max_k=1024, weight_depth=512),
     "base3-4x10": CONFIGS["base3"],
+    "default-reg": CONFIGS["default-reg"],
 }
 
 #: stand-in shapes for the issue-4 model until it ships (MatMul-free LM, hidden 128, GLU 256,

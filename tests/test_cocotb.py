@@ -15,7 +15,7 @@ from tritium.sim.runner import run_engine_tb
 pytestmark = pytest.mark.cocotb
 
 PRODUCTS_PER_CONFIG = 2000
-COCOTB_CONFIGS = ["tiny", "odd", "default", "wide", "base3"]
+COCOTB_CONFIGS = ["tiny", "odd", "default", "wide", "base3", "default-reg"]
 
 
 @pytest.mark.parametrize("name", COCOTB_CONFIGS)

@@ -13,7 +13,7 @@ from tritium.sim.amaranth_tb import (Stalls, measure_product_cycles, run_engine_
                                      stream_put)
 from tritium.sim.golden import TritiumValueError
 
-SIM_CONFIGS = ["tiny", "odd", "default", "wide", "base3"]
+SIM_CONFIGS = ["tiny", "odd", "default", "wide", "base3", "default-reg"]
 
 
 def random_shape(rng, p, max_m=24, max_k=48):
@@ -213,7 +213,8 @@ def test_params_are_keyword_only_and_capacity_checked():
 
 
 @pytest.mark.parametrize("name, m, k", [("default", 20, 100), ("default", 8, 4), ("odd", 7, 9),
-                                        ("tiny", 3, 1), ("wide", 33, 64), ("base3", 9, 45)])
+                                        ("tiny", 3, 1), ("wide", 33, 64), ("base3", 9, 45),
+                                        ("default-reg", 20, 100), ("default-reg", 8, 4)])
 def test_cycle_model_matches_simulation(name, m, k):
     # back-to-back products with no stalls: the command-to-command period equals product_cycles()
     p = CONFIGS[name]

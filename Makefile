@@ -15,7 +15,12 @@ DEVICE ?= up5k
 # Board for `make bitstream`: icebreaker or ulx3s-85f.
 BOARD ?= icebreaker
 
-.PHONY: all venv sim test test-all formal synth bitstream selftest bench info clean distclean
+# The main job, `make demo`: text from the shipped model through the simulated accelerator.
+PROMPT ?= The return statement
+TOKENS ?= 64
+BACKEND ?= sim
+
+.PHONY: all venv demo train sim test test-all formal synth bitstream selftest bench info clean distclean
 
 all: test
 
@@ -25,6 +30,18 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 venv: $(STAMP)
+
+# Generate text with the shipped ternary model on the simulated iCEBreaker device (cocotb +
+# Verilator); BACKEND=golden for the in-process model, BACKEND=serial PORT=/dev/ttyUSB1 for a board.
+demo: $(STAMP)
+	$(BIN)/tritium generate --backend $(BACKEND) $(if $(PORT),--port $(PORT)) --prompt "$(PROMPT)" --max-tokens $(TOKENS) --seed $(SEED)
+
+# Quantization-aware training of the shipped model (PyTorch, CPU; not part of the tests).
+# Writes models/, docs/model/training.{json,png} and build/train/latent.safetensors.
+TRAIN_ARGS ?=
+train: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev,train]"
+	$(BIN)/python -m tritium.host.train $(TRAIN_ARGS)
 
 # The cocotb regression of the engine's generated Verilog; ends with "N passed, N failed".
 sim: $(STAMP)

@@ -123,11 +123,8 @@ class Accelerator:
         after the other slots. Raises :class:`TritiumValueError` for bad weights, a bad slot or a
         matrix that does not fit; nothing on the device changes then."""
         p = self.params
-        if not isinstance(slot, int) or not 0 <= slot < P.SLOTS:
-            raise TritiumValueError(f"slot {slot!r} must be an integer in 0..{P.SLOTS - 1}")
-        w = golden.check_ternary(w, "weights")
-        if w.ndim != 2:
-            raise TritiumValueError(f"weights must be a 2-D matrix (M x K), got shape {w.shape}")
+        self._check_slot(slot)
+        w = self._check_matrix(w)
         m, k = w.shape
         others = [(i, b, b + p.words_for(mm, kk)) for i, s in enumerate(self.slots) if s and i != slot
                   for b, mm, kk in [s]]
@@ -139,16 +136,39 @@ class Accelerator:
             if base < e and b < end:
                 raise TritiumValueError(f"weight words {base}..{end - 1} would overwrite slot {i} "
                                         f"(words {b}..{e - 1}); reset() or choose another base")
-        words = golden.weight_words(w, lanes=p.lanes, trits=p.trits, packing=p.packing)
-        self.write_words(base, words)
-        chunks = -(-k // p.trits)
+        self.write_matrix(w, base)
+        self.bind(slot, base, m, k)
+
+    def _check_slot(self, slot):
+        if not isinstance(slot, int) or not 0 <= slot < P.SLOTS:
+            raise TritiumValueError(f"slot {slot!r} must be an integer in 0..{P.SLOTS - 1}")
+
+    def _check_matrix(self, w):
+        w = golden.check_ternary(w, "weights")
+        if w.ndim != 2:
+            raise TritiumValueError(f"weights must be a 2-D matrix (M x K), got shape {w.shape}")
+        return w
+
+    def write_matrix(self, w, base):
+        """Write ternary ``w`` (M x K) into weight memory at word ``base`` without naming it
+        (see :meth:`bind`); shape and range are checked first."""
+        w = self._check_matrix(w)
+        m, k = w.shape
+        self.params.check_shape(m, k, base)
+        p = self.params
+        self.write_words(base, golden.weight_words(w, lanes=p.lanes, trits=p.trits, packing=p.packing))
+
+    def bind(self, slot, base, m, k):
+        """Name the ``m x k`` matrix already resident at word ``base`` as ``slot`` (one SET_SLOT)."""
+        self._check_slot(slot)
+        self.params.check_shape(m, k, base)
+        chunks = -(-k // self.params.trits)
         self._request(P.Op.SET_SLOT, struct.pack("<BHHH", slot, base, m, chunks))
         self.slots[slot] = (base, m, k)
 
     def matvec(self, slot, x):
         """``W x`` for the matrix in ``slot`` and int8 ``x`` (K): exact int64 results (M)."""
-        if not isinstance(slot, int) or not 0 <= slot < P.SLOTS:
-            raise TritiumValueError(f"slot {slot!r} must be an integer in 0..{P.SLOTS - 1}")
+        self._check_slot(slot)
         if self.slots[slot] is None:
             raise TritiumValueError(f"slot {slot} is empty: load() a matrix into it first")
         base, m, k = self.slots[slot]

@@ -92,6 +92,11 @@ def _selftest(args):
     return 1 if failed else 0
 
 
+def _generate(args):
+    from .generate import run
+    return run(args, _open)
+
+
 def _verilog(args):
     from ..sim.runner import emit_verilog
     path = emit_verilog(CONFIGS[args.config], args.output, name=args.name)
@@ -106,9 +111,9 @@ def main(argv=None):
     p_cfg.add_argument("--config", choices=list(CONFIGS))
     p_cfg.add_argument("--json", action="store_true")
     p_cfg.set_defaults(func=_info)
-    def backend_args(sp):
+    def backend_args(sp, default_config="default"):
         sp.add_argument("--backend", choices=["golden", "sim", "serial"], default="golden")
-        sp.add_argument("--config", default="default", choices=list(CONFIGS),
+        sp.add_argument("--config", default=default_config, choices=list(CONFIGS),
                         help="engine configuration of the golden/sim device")
         sp.add_argument("--port", help="serial port of a board (serial backend)")
         sp.add_argument("--baud", type=int, default=1_000_000)
@@ -124,6 +129,18 @@ def main(argv=None):
     p_st.add_argument("--products", type=int, default=8, help="products per matrix")
     p_st.add_argument("--seed", type=int, default=1)
     p_st.set_defaults(func=_selftest)
+    p_g = sub.add_parser("generate", help="generate text with a ternary model on a device (the main job)")
+    backend_args(p_g, default_config="up5k-spram")
+    p_g.add_argument("--model", help="model file (.safetensors or .gguf); default: the shipped MatMul-free LM")
+    p_g.add_argument("--prompt", help="prompt text (UTF-8)")
+    p_g.add_argument("--prompt-ids", help="prompt as comma-separated token ids (models without a byte vocabulary)")
+    p_g.add_argument("--max-tokens", type=int, default=64)
+    p_g.add_argument("--temperature", type=float, default=0.5, help="0: greedy")
+    p_g.add_argument("--top-k", type=int, default=40, help="0: no top-k cut")
+    p_g.add_argument("--seed", type=int, default=0)
+    p_g.add_argument("--json", action="store_true", help="print one JSON object (tokens, text, stats) at the end")
+    p_g.add_argument("--quiet", action="store_true", help="no progress or loading messages on stderr")
+    p_g.set_defaults(func=_generate)
     p_v = sub.add_parser("verilog", help="write an engine's Verilog (reproducible)")
     p_v.add_argument("--config", default="default", choices=list(CONFIGS))
     p_v.add_argument("--name", default="tmv", help="top module name")

@@ -110,7 +110,8 @@ class SimTransport(SerialTransport):
         self._log = open(run_dir / "serve.log", "w")
         self._proc = subprocess.Popen([sys.executable, "-m", "tritium.sim.runner", "--serve-device", name,
                                        "--serve-dir", str(run_dir)],
-                                      stdout=self._log, stderr=subprocess.STDOUT, env=dict(os.environ))
+                                      stdout=self._log, stderr=subprocess.STDOUT, env=dict(os.environ),
+                                      start_new_session=True)  # its own group: the simulator goes with it
         deadline = time.monotonic() + start_timeout
         while not ptyfile.exists():
             if self._proc.poll() is not None or time.monotonic() > deadline:
@@ -124,12 +125,21 @@ class SimTransport(SerialTransport):
             raise
 
     def _stop(self):
-        if self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
+        """End the server and the simulator it started: SIGTERM to their process group, then
+        SIGKILL to whatever of it is left once the server has gone (or after 10 s)."""
+        import signal
+        try:
+            os.killpg(self._proc.pid, signal.SIGTERM)
+            self._proc.wait(10)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(self._proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self._proc.wait()
         self._log.close()
 
     def close(self):

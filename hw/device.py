@@ -12,6 +12,8 @@ from . import protocol as P
 from .engine import TernaryMatVec
 from .params import EngineParams, rejected
 
+SLOT_BITS = (P.SLOTS - 1).bit_length()
+
 __all__ = ["crc16_next", "FrameTx", "LinkDevice"]
 
 
@@ -342,7 +344,7 @@ class LinkDevice(wiring.Component):
                             fail(P.Err.BAD_LENGTH)
                         with m.Elif(slot_no >= P.SLOTS):
                             fail(P.Err.BAD_SLOT)
-                        with m.Elif(~slot_valid.bit_select(slot_no[:3], 1)):
+                        with m.Elif(~slot_valid.bit_select(slot_no[:SLOT_BITS], 1)):
                             fail(P.Err.EMPTY_SLOT)
                         with m.Else():
                             m.next = "MV_SLOT"
@@ -407,15 +409,15 @@ class LinkDevice(wiring.Component):
                     m.d.sync += [words_sum.eq(words_sum + chunks),
                                  rows_left.eq(Mux(rows_left > p.lanes, rows_left - p.lanes, 0))]
                 with m.Else():
-                    m.d.comb += [slot_wr.addr.eq(slot_no[:3]), slot_wr.en.eq(1),
+                    m.d.comb += [slot_wr.addr.eq(slot_no[:SLOT_BITS]), slot_wr.en.eq(1),
                                  slot_wr.data.base.eq(base), slot_wr.data.rows.eq(rows),
                                  slot_wr.data.chunks.eq(chunks)]
-                    m.d.sync += slot_valid.bit_select(slot_no[:3], 1).eq(1)
+                    m.d.sync += slot_valid.bit_select(slot_no[:SLOT_BITS], 1).eq(1)
                     m.next = "REPLY_EMPTY"
 
             # -- MATVEC: command, activations from the buffer, results to the reply ---------------
             with m.State("MV_SLOT"):
-                m.d.comb += slot_rd.addr.eq(slot_no[:3])
+                m.d.comb += slot_rd.addr.eq(slot_no[:SLOT_BITS])
                 m.next = "MV_CHECK"
             with m.State("MV_CHECK"):
                 m.d.sync += cur.eq(slot_rd.data)

@@ -27,7 +27,7 @@ REPLY = 0x80         # reply op = request op | REPLY
 ERROR = 0xFF         # error reply op
 VERSION = 1
 MAGIC = b"TRIT"
-SLOTS = 8            # named matrix slots on the device
+SLOTS = 32           # named matrix slots on the device (a power of two)
 HEADER_BYTES = 5     # SYNC, seq, op, len_lo, len_hi
 IDLE_TIMEOUT_BYTES = 64
 

@@ -29,6 +29,7 @@ from ..hw.params import CONFIGS, EngineParams
 from ..hw.boards import BOARDS
 from ..hw.synth import DEVICES, run_flow
 from . import golden
+from ..host.models import MMFreeConfig
 
 __all__ = ["SweepPoint", "sweep", "pareto_front", "roofline", "main"]
 
@@ -52,11 +53,10 @@ BENCH_CONFIGS = {
     "default-reg": CONFIGS["default-reg"],
 }
 
-#: stand-in shapes for the issue-4 model until it ships (MatMul-free LM, hidden 128, GLU 256,
-#: 3 layers, byte vocabulary): (name, M, K). 524,288 trits: exactly the UP5K's four SPRAMs.
-STANDIN_LAYER = [("i_proj", 128, 128), ("f_proj", 128, 128), ("g_proj", 128, 128), ("o_proj", 128, 128),
-                 ("gate_proj", 512, 128), ("down_proj", 128, 256)]
-STANDIN_MODEL = STANDIN_LAYER * 3 + [("lm_head", 256, 128)]
+#: the shipped model's ternary matrices (models/tritium-mmfree-3x128.safetensors: MatMul-free LM,
+#: hidden 128, GLU 256, 3 layers, byte vocabulary): (name, M, K). 524,288 trits: the UP5K's four SPRAMs.
+MODEL_SHAPES = [(name.split(".")[-1], m, k) for name, m, k in MMFreeConfig().projections()]
+MODEL_LAYER = MODEL_SHAPES[:6]
 
 
 # -- design-space sweep -----------------------------------------------------------------------------
@@ -318,7 +318,7 @@ def write_report(res, out=OUT):
                                    ("cycles (model)", lambda r: r["cycles_model"]),
                                    ("roofline", lambda r: f"{r['roofline_fraction']:.1%}")]),
           "![roofline](roofline.png)", "",
-          "## Modeled tokens/s (stand-in for the issue-4 model: MatMul-free, hidden 128, GLU 256, 3 layers, "
+          "## Modeled tokens/s of the shipped model (MatMul-free, hidden 128, GLU 256, 3 layers, "
           "256-byte vocabulary, 524,288 trits)", "",
           _table(res["tokens"], [("board", lambda r: r["board"]), ("clock MHz", lambda r: r["clock_mhz"]),
                                  ("link ms/token", lambda r: f"{r['link_s_per_token'] * 1e3:.2f}"),
@@ -395,7 +395,7 @@ def report(seeds=(1, 2, 3), max_workers=None, configs=None):
         r["config"] = pt["name"].removeprefix("bench-")
     rows = summarize(pnr)
     shapes = [("square", n, n) for n in (256, 512, 1024, 2048)] + \
-             [(n, m, k) for n, m, k in dict.fromkeys(STANDIN_LAYER)]
+             [(n, m, k) for n, m, k in dict.fromkeys(MODEL_LAYER)]
     # the default engine's datapath with a weight memory deep enough for 2048 x 2048 (timing does not
     # depend on the depth; this memory exists only in simulation)
     roof_params = EngineParams(lanes=8, trits=4, packing="trit2", max_k=2048, weight_depth=1 << 17)
@@ -404,7 +404,7 @@ def report(seeds=(1, 2, 3), max_workers=None, configs=None):
     for board, clock, p in (("icebreaker", 12e6, CONFIGS["up5k-spram"]),
                             ("ulx3s-85f", 25e6, BOARDS["ulx3s-85f"][1])):
         tokens.append({"board": board, "clock_mhz": clock / 1e6,
-                       **link_model(p, STANDIN_MODEL, clock_hz=clock, baud=1_000_000)})
+                       **link_model(p, MODEL_SHAPES, clock_hz=clock, baud=1_000_000)})
     res = {"date": datetime.date.today().isoformat(), "seeds": list(seeds), "pnr_runs": pnr, "pnr": rows,
            "roofline": roof, "tokens": tokens, "verilator": verilator_speed(),
            "host": host_throughput([("square", n, n) for n in (256, 512, 1024, 2048)]),

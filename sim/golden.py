@@ -33,7 +33,7 @@ __all__ = [
     "check_ternary", "check_int8", "acc_width", "acc_bound", "partial_width", "matvec",
     "trit_codes", "trits_from_codes",
     "pack_trit2", "unpack_trit2", "pack_base3", "unpack_base3", "base3_decode_byte",
-    "pack", "unpack", "lane_bits",
+    "pack", "unpack", "lane_bits", "pack_bitnet_hf", "unpack_bitnet_hf",
     "weight_words", "weights_from_words", "activation_words", "activations_from_words",
     "quantize_weights", "quantize_activations", "dequantize", "bitlinear",
 ]
@@ -343,6 +343,34 @@ def activations_from_words(words, k, *, trits):
     """Inverse of :func:`activation_words`."""
     raw = b"".join(int(wd).to_bytes(trits, "little") for wd in words)
     return np.frombuffer(raw, np.int8)[:k].copy()
+
+
+# -- checkpoint packings ---------------------------------------------------------------------------
+
+def pack_bitnet_hf(w):
+    """Hugging Face BitNet b1.58 packing of a ternary ``M x K`` matrix (``M`` a multiple of 4):
+    uint8 ``[M/4, K]``, blocked along the output dimension, ``(packed[r, c] >> 2i) & 3`` is the
+    code (``w + 1``) of ``w[i * M/4 + r, c]``."""
+    w = check_ternary(w)
+    if w.ndim != 2 or w.shape[0] % 4:
+        raise TritiumValueError(f"HF BitNet packing needs a 2-D matrix with rows a multiple of 4, got shape {w.shape}")
+    codes = trit_codes(w).reshape(4, w.shape[0] // 4, w.shape[1])
+    return (codes[0] | codes[1] << 2 | codes[2] << 4 | codes[3] << 6).astype(np.uint8)
+
+
+def unpack_bitnet_hf(packed, rows=None):
+    """Inverse of :func:`pack_bitnet_hf`: ternary int8 ``[4 * R, K]`` (or the first ``rows``).
+    Code 3 is rejected with the position named."""
+    packed = np.asarray(packed)
+    if packed.ndim != 2 or packed.dtype != np.uint8:
+        raise TritiumValueError(f"HF BitNet packed weights must be 2-D uint8, got {packed.dtype} {packed.shape}")
+    codes = np.concatenate([(packed >> s) & 3 for s in (0, 2, 4, 6)], axis=0)
+    w = trits_from_codes(codes, "HF BitNet packed codes")
+    if rows is not None:
+        if not 0 < rows <= w.shape[0]:
+            raise TritiumValueError(f"{rows} rows requested from a packed tensor holding {w.shape[0]}")
+        w = w[:rows]
+    return w
 
 
 # -- BitNet b1.58 quantization ------------------------------------------------------------------

@@ -81,7 +81,7 @@ def test_errors_match_model_and_device_stays_usable():
         f(10, P.Op.STATUS, b"x"),                                   # wrong length for the op
         f(3, P.Op.STATUS),                                          # out of order
         f(11, P.Op.MATVEC, bytes([2]) + bytes(6)),                  # empty slot
-        f(12, P.Op.MATVEC, bytes([9])),                             # bad slot
+        f(12, P.Op.MATVEC, bytes([P.SLOTS])),                       # bad slot
         f(13, P.Op.SET_SLOT, struct.pack("<BHHH", 1, 120, 9, 9)),   # past the memory
         f(14, P.Op.WRITE_WEIGHTS, struct.pack("<H", 127) + bytes(6)),  # past the memory
         f(15, P.Op.WRITE_WEIGHTS, struct.pack("<H", 0) + bytes(4)),    # not whole words

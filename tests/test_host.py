@@ -215,3 +215,20 @@ def test_cli_info_identifies_the_device(capsys):
     import json
     out = json.loads(capsys.readouterr().out)
     assert out["lanes"] == 3 and out["trits"] == 3 and out["capacity"]["weight_words"] == 128
+
+
+@pytest.mark.cocotb
+def test_closing_a_sim_transport_ends_the_simulator_process_too():
+    import subprocess
+
+    def live(group):  # members of the process group that are not zombies
+        ps = subprocess.run(["ps", "-eo", "pgid=,stat="], capture_output=True, text=True, check=True).stdout
+        return [line for line in ps.splitlines() if line.split()[0] == str(group) and not line.split()[1].startswith("Z")]
+    t = SimTransport(PARAMS, name="host-tests")
+    group = t._proc.pid
+    assert len(live(group)) >= 2  # the server and its simulator run in their own process group
+    t.close()
+    deadline = time.monotonic() + 10
+    while live(group) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not live(group)

@@ -97,6 +97,43 @@ def _generate(args):
     return run(args, _open)
 
 
+def _plan(args):
+    """Where a model's matrices go on a configuration, and what a token costs there."""
+    from ..hw import protocol as P
+    from .generate import board_model
+    from .models import DEFAULT_MODEL, MatrixRunner, load_model
+    from .transport import GoldenTransport
+    from .accelerator import Accelerator
+    model = load_model(args.model or DEFAULT_MODEL)
+    params = CONFIGS[args.config]
+    runner = MatrixRunner(Accelerator(GoldenTransport(params)), label=f"the {args.config} engine")
+    shapes = {n: l.wq.shape for n, l in model.linears.items()}
+    layout = runner.plan(shapes)
+    accb = P.acc_bytes(params)
+    link = sum(2 * (P.HEADER_BYTES + 2) + 1 + -(-k // params.trits) * params.trits + m * accb
+               for m, k in shapes.values())
+    board = board_model(params, list(shapes.values()), link)
+    out = {"model": model.describe(), "config": args.config, "engine": params.describe(),
+           "ternary_params": model.ternary_params, "host_float_params": model.float_params,
+           "weight_words_used": sum(params.words_for(m, k) for m, k in shapes.values()),
+           "weight_words": params.weight_depth, "products_per_token": len(shapes), "link_bytes_per_token": link,
+           "modeled_icebreaker": board,
+           "matrices": [{"name": n, "rows": m, "cols": k, "first_word": b, "words": params.words_for(m, k)}
+                        for n, (b, m, k) in layout.items()]}
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return 0
+    print(f"{out['model']} on {args.config}: {params.describe()}")
+    print(f"{out['ternary_params']:,} trits in {out['weight_words_used']:,} of {out['weight_words']:,} weight words; "
+          f"{out['host_float_params']:,} float parameters on the host")
+    for r in out["matrices"]:
+        print(f"  {r['name']:40s} {r['rows']:>5}x{r['cols']:<5} words {r['first_word']:>6}..{r['first_word'] + r['words'] - 1}")
+    print(f"per token: {len(shapes)} products, {link:,} link bytes, {board['device_cycles_per_token']:,} device cycles; "
+          f"modeled iCEBreaker link at {board['baud']:,} baud: {board['tokens_per_s_at_clock']:.1f} tok/s, "
+          f"{board['bound']}-bound")
+    return 0
+
+
 def _verilog(args):
     from ..sim.runner import emit_verilog
     path = emit_verilog(CONFIGS[args.config], args.output, name=args.name)
@@ -141,6 +178,11 @@ def main(argv=None):
     p_g.add_argument("--json", action="store_true", help="print one JSON object (tokens, text, stats) at the end")
     p_g.add_argument("--quiet", action="store_true", help="no progress or loading messages on stderr")
     p_g.set_defaults(func=_generate)
+    p_p = sub.add_parser("plan", help="a model's memory map on an engine configuration, and its cost per token")
+    p_p.add_argument("--model", help="model file; default: the shipped MatMul-free LM")
+    p_p.add_argument("--config", default="up5k-spram", choices=list(CONFIGS))
+    p_p.add_argument("--json", action="store_true")
+    p_p.set_defaults(func=_plan)
     p_v = sub.add_parser("verilog", help="write an engine's Verilog (reproducible)")
     p_v.add_argument("--config", default="default", choices=list(CONFIGS))
     p_v.add_argument("--name", default="tmv", help="top module name")

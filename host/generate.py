@@ -169,7 +169,7 @@ def run(args, open_accelerator):
     board = board_model(acc.params, shapes, link_per_token)
     stats = {"backend": args.backend, "config": args.config, "model": model.source,
              "prompt_tokens": len(prompt), "generated_tokens": len(tokens), "seconds": round(dt, 3),
-             "tokens_per_s": round(len(tokens) / dt, 3), "load_seconds": round(load_s, 2),
+             "model_steps": steps, "tokens_per_s": round(steps / dt, 3), "load_seconds": round(load_s, 2),
              "load_link_bytes": load_bytes, "link_bytes_per_token": round(link_per_token, 1),
              "products_per_token": runner.products / steps,
              "engine_cycles_per_token": round(runner.engine_cycles / steps, 1),
@@ -182,8 +182,9 @@ def run(args, open_accelerator):
     else:
         out_stream.write(vocab.piece_flush(decoder) + "\n")
         at_fmax = (f", {board['tokens_per_s_at_fmax']:.1f} at Fmax {board['fmax_mhz']} MHz"
-                   if board.get("tokens_per_s_at_fmax") else "")
-        err.write(f"-- {len(tokens)} tokens in {dt:.2f} s: {stats['tokens_per_s']:.2f} tok/s on {args.backend}; "
+                   if board.get("tokens_per_s_at_fmax") else " (make bitstream BOARD=icebreaker adds the Fmax figure)")
+        err.write(f"-- {len(prompt)} prompt + {len(tokens)} generated tokens ({steps} model steps) in {dt:.2f} s: "
+                  f"{stats['tokens_per_s']:.2f} tok/s on {args.backend}; "
                   f"{link_per_token:,.0f} link bytes and {board['device_cycles_per_token']:,} device cycles per token; "
                   f"modeled iCEBreaker: {board['tokens_per_s_at_clock']:.1f} tok/s at {board['clock_mhz']} MHz"
                   f"{at_fmax}, {board['bound']}-bound ({board['baud']:,} baud)\n")

@@ -511,3 +511,17 @@ def test_all_zero_projection_warns(tmp_path):
     trits["model.layers.0.mlp.down_proj"][:] = 0
     with pytest.warns(RuntimeWarning, match="blk.0.down is all zeros"):
         load_model(write_hf(tmp_path, c, f, trits, scales))
+
+
+def test_plan_matches_what_generation_measures(capsys):
+    """`tritium plan` predicts the link bytes per token that a real run moves, and refuses a
+    configuration the model does not fit with the numbers."""
+    assert cli(["plan", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["weight_words_used"] == plan["weight_words"] == 16384 and len(plan["matrices"]) == 19
+    assert plan["matrices"][-1] == {"name": "lm_head", "rows": 256, "cols": 128, "first_word": 15360, "words": 1024}
+    run = _generate(capsys)
+    assert plan["link_bytes_per_token"] == run["link_bytes_per_token"]
+    assert plan["modeled_icebreaker"]["device_cycles_per_token"] == run["device_cycles_per_token"]
+    assert cli(["plan", "--config", "default"]) == 2
+    assert "32.0x too large" in capsys.readouterr().err

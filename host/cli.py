@@ -197,6 +197,9 @@ def main(argv=None):
     except (TritiumValueError, DeviceError, TransportError, ProtocolError) as e:
         print(f"tritium: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the transport is closed by its `with`; no traceback for Ctrl-C
+        print("\ntritium: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # output piped into a reader that stopped early (e.g. head)
         sys.stderr.close()
         return 0

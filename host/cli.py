@@ -109,9 +109,7 @@ def _plan(args):
     runner = MatrixRunner(Accelerator(GoldenTransport(params)), label=f"the {args.config} engine")
     shapes = {n: l.wq.shape for n, l in model.linears.items()}
     layout = runner.plan(shapes)
-    accb = P.acc_bytes(params)
-    link = sum(2 * (P.HEADER_BYTES + 2) + 1 + -(-k // params.trits) * params.trits + m * accb
-               for m, k in shapes.values())
+    link = sum(P.matvec_link_bytes(params, m, k) for m, k in shapes.values())
     board = board_model(params, list(shapes.values()), link)
     out = {"model": model.describe(), "config": args.config, "engine": params.describe(),
            "ternary_params": model.ternary_params, "host_float_params": model.float_params,

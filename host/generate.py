@@ -58,15 +58,12 @@ def board_model(params, shapes, link_bytes_per_token, board="icebreaker"):
     actually moved (10 bits per byte at the board's baud) plus device cycles (engine cycle model
     plus the sequencer's per-byte cycles), at the board clock and at the bitstream's Fmax
     (``build/<board>/report.json`` when built)."""
-    from ..hw import protocol as P
-    from ..hw.boards import BOARDS, ROOT
-    from ..hw.engine import product_cycles
-    accb = P.acc_bytes(params)
-    cycles = sum(product_cycles(params, m, k) + 2 * -(-k // params.trits) * params.trits + m * accb
-                 for m, k in shapes)
-    platform, _, baud = BOARDS[board]
+    from ..hw.boards import BOARDS, ROOT, board_platform
+    from ..hw.device import matvec_device_cycles
+    cycles = sum(matvec_device_cycles(params, m, k) for m, k in shapes)
+    baud = BOARDS[board][2]
     report = ROOT / "build" / board / "report.json"
-    clock_mhz = {"icebreaker": 12.0, "ulx3s-85f": 25.0}[board]
+    clock_mhz = board_platform(board).default_clk_frequency / 1e6
     fmax = None
     if report.exists():
         r = json.loads(report.read_text())

@@ -182,15 +182,15 @@ class MMFreeConfig:
         return out + [("lm_head", self.vocab, h)]
 
 
-def _mmfree_float_names(cfg):
+def _mmfree_host_names(cfg):
+    """``{name: shape}`` of the float tensors the host uses directly (the BitLinears' own norm
+    weights, ``<projection>.norm.weight``, travel with their :class:`TernaryLinear`)."""
     names = {"model.embeddings.weight": (cfg.vocab, cfg.hidden), "model.norm.weight": (cfg.hidden,),
              "model.lower_bounds": (cfg.layers, cfg.hidden)}
     for l in range(cfg.layers):
         p = f"model.layers.{l}."
         names.update({p + "attn_norm.weight": (cfg.hidden,), p + "mlp_norm.weight": (cfg.hidden,),
                       p + "attn.g_norm.weight": (cfg.hidden,)})
-    for name, m, k in cfg.projections():
-        names[name + ".norm.weight"] = (k,)
     return names
 
 
@@ -200,12 +200,13 @@ def export_mmfree(latent, cfg, path, *, training=None):
     packed uint8 ``[M/4, K]`` with ``<name>.weight_scale`` (float32 ``s_w``), everything else
     float32; metadata ``architecture``, ``config`` and ``training`` (JSON)."""
     out = {}
-    for name, shape in _mmfree_float_names(cfg).items():
+    for name, shape in _mmfree_host_names(cfg).items():
         out[name] = np.asarray(latent[name], F32).reshape(shape)
     for name, m, k in cfg.projections():
         wq, s_w = golden.quantize_weights(np.asarray(latent[name + ".weight"], F32).reshape(m, k))
         out[name + ".weight"] = golden.pack_bitnet_hf(wq)
         out[name + ".weight_scale"] = np.array([s_w], F32)
+        out[name + ".norm.weight"] = np.asarray(latent[name + ".norm.weight"], F32).reshape(k)
     meta = cfg.metadata()
     if training is not None:
         meta["training"] = json.dumps({k: v for k, v in training.items() if k != "curve"})
@@ -322,9 +323,7 @@ def _ternary(tensors, name, m, k, source):
 
 def _load_mmfree(tensors, cfg, source, info):
     floats = {}
-    for name, shape in _mmfree_float_names(cfg).items():
-        if name.endswith(".norm.weight") and any(name == p + ".norm.weight" for p, _, _ in cfg.projections()):
-            continue
+    for name, shape in _mmfree_host_names(cfg).items():
         if name not in tensors:
             raise ModelFileError(f"{source}: tensor {name} is missing")
         arr = np.asarray(tensors[name], F32)

@@ -18,7 +18,7 @@ from amaranth.lib import io
 from .params import CONFIGS, EngineParams
 from .uart import UartLink
 
-__all__ = ["BOARDS", "BoardTop", "build", "main"]
+__all__ = ["BOARDS", "BoardTop", "board_platform", "build", "main"]
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -32,7 +32,8 @@ BOARDS = {
 }
 
 
-def _platform(board):
+def board_platform(board):
+    """The amaranth-boards platform object of ``board``."""
     module, cls = BOARDS[board][0].split(":")
     return getattr(__import__(module, fromlist=[cls]), cls)()
 
@@ -78,7 +79,7 @@ def _tools_env():
 def build(board, *, seed=1):
     """Build ``board``'s bitstream; returns the report dict (also written to report.json)."""
     top = BoardTop(board)
-    platform = _platform(board)
+    platform = board_platform(board)
     _tools_env()
     build_dir = ROOT / "build" / board
     opts = {"nextpnr_opts": f"--seed {seed} --report report.json --timing-allow-fail"}

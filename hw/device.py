@@ -14,7 +14,15 @@ from .params import EngineParams, rejected
 
 SLOT_BITS = (P.SLOTS - 1).bit_length()
 
-__all__ = ["crc16_next", "FrameTx", "LinkDevice"]
+__all__ = ["crc16_next", "matvec_device_cycles", "FrameTx", "LinkDevice"]
+
+
+def matvec_device_cycles(params, m, k):
+    """Device cycles of one MATVEC of an ``m x k`` matrix, link time excluded: the engine's
+    :func:`~tritium.hw.engine.product_cycles` plus the sequencer's two cycles per activation byte
+    and one per result byte (the model the benchmark and ``tritium generate`` use)."""
+    from .engine import product_cycles
+    return product_cycles(params, m, k) + 2 * -(-k // params.trits) * params.trits + m * P.acc_bytes(params)
 
 
 def _crc_taps():

@@ -20,7 +20,7 @@ import struct
 
 __all__ = ["check_link_params", "SYNC", "ERROR", "REPLY", "VERSION", "MAGIC", "SLOTS", "HEADER_BYTES", "IDLE_TIMEOUT_BYTES",
            "Op", "Err", "Packing", "crc16", "encode_frame", "FrameDecoder", "ProtocolError",
-           "identify_payload", "parse_identify", "acc_bytes", "max_payload"]
+           "identify_payload", "parse_identify", "acc_bytes", "matvec_link_bytes", "max_payload"]
 
 SYNC = 0x54          # 'T'
 REPLY = 0x80         # reply op = request op | REPLY
@@ -129,6 +129,13 @@ class FrameDecoder:
 def acc_bytes(params):
     """Bytes per result value on the link: ``ceil(acc_width / 8)``."""
     return -(-params.acc_width // 8)
+
+
+def matvec_link_bytes(params, m, k):
+    """Bytes one MATVEC of an ``m x k`` matrix moves on the link: the request (slot and
+    ``ceil(k / trits) * trits`` activation bytes) and the reply (``m`` results), both framed."""
+    frame = HEADER_BYTES + 2
+    return frame + 1 + -(-k // params.trits) * params.trits + frame + m * acc_bytes(params)
 
 
 def max_payload(params):

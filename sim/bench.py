@@ -197,15 +197,11 @@ def host_throughput(shapes, repeats=20):
 
 def link_model(params, shapes, *, clock_hz, baud):
     """Per token: link seconds (MATVEC request + reply bytes, 10 bits each) and compute seconds
-    (engine :func:`product_cycles` plus the sequencer's 2 cycles per activation byte and one
-    cycle per result byte)."""
+    (:func:`tritium.hw.device.matvec_device_cycles`: engine plus sequencer)."""
     from ..hw import protocol as P
-    accb = P.acc_bytes(params)
-    link_bits = compute_cycles = 0
-    for _, m, k in shapes:
-        chunks = -(-k // params.trits)
-        link_bits += 10 * ((P.HEADER_BYTES + 2 + 1 + chunks * params.trits) + (P.HEADER_BYTES + 2 + m * accb))
-        compute_cycles += product_cycles(params, m, k) + 2 * chunks * params.trits + m * accb
+    from ..hw.device import matvec_device_cycles
+    link_bits = 10 * sum(P.matvec_link_bytes(params, m, k) for _, m, k in shapes)
+    compute_cycles = sum(matvec_device_cycles(params, m, k) for _, m, k in shapes)
     link_s, compute_s = link_bits / baud, compute_cycles / clock_hz
     return {"link_s_per_token": link_s, "compute_s_per_token": compute_s,
             "tokens_per_s": 1 / (link_s + compute_s), "bound": "link" if link_s > compute_s else "compute",

@@ -1,6 +1,8 @@
 """The ternary matrix-vector (TMV) engine: ``y = W x`` with no multipliers."""
 
-from amaranth.hdl import Cat, Module, Mux, ResetSignal, Signal, signed
+from types import SimpleNamespace
+
+from amaranth.hdl import Cat, Module, Mux, ResetSignal, Shape, Signal, signed
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -8,7 +10,7 @@ from ..sim import golden
 from ..sim.golden import Packing
 from .layouts import EngineLayouts
 from .params import EngineParams, rejected
-from .wmem import WeightMemory
+from .wmem import RegisteredRAM, WeightMemory
 
 __all__ = ["TritDot", "LaneAccumulator", "TernaryMatVec", "PIPELINE_DEPTH", "product_cycles"]
 
@@ -248,9 +250,14 @@ class TernaryMatVec(wiring.Component):
         p, lay = self._params, self._layouts
 
         m.submodules.wmem = wmem = WeightMemory(params=p)
-        m.submodules.xmem = xmem = memory.Memory(shape=lay.activation, depth=p.max_chunks, init=[])
-        x_rd = xmem.read_port(transparent_for=())
-        x_wr = xmem.write_port()
+        if p.read_register:  # activation words through a registered-output RAM, like the weights
+            m.submodules.xmem = xmem = RegisteredRAM(width=Shape.cast(lay.activation).width, depth=p.max_chunks)
+            x_rd = SimpleNamespace(addr=xmem.raddr, data=lay.activation(xmem.rdata))
+            x_wr = SimpleNamespace(addr=xmem.waddr, data=xmem.wdata, en=xmem.we)
+        else:
+            m.submodules.xmem = xmem = memory.Memory(shape=lay.activation, depth=p.max_chunks, init=[])
+            x_rd = xmem.read_port(transparent_for=())
+            x_wr = xmem.write_port()
 
         base = Signal(lay.addr_shape)
 
@@ -260,11 +267,14 @@ class TernaryMatVec(wiring.Component):
         chunk = Signal.like(last_chunk)
         rows_left = Signal.like(self.cmd.payload.rows)  # rows of this and later tiles
         count_w = p.lanes.bit_length()
+        # `is_last` (chunk == last_chunk) is a register updated with `chunk`, so no comparator
+        # sits between the counters and `issue`, the clock enable of the issue stage
         is_last = Signal()
+        single = Signal()                        # the command has one chunk
+        last_chunk_m1 = Signal.like(last_chunk)  # chunks - 2, compared only when chunks >= 2
         is_final = Signal()
         count = Signal(count_w)
         m.d.comb += [
-            is_last.eq(chunk == last_chunk),
             is_final.eq(rows_left <= p.lanes),
             count.eq(Mux(is_final, rows_left, p.lanes)),
         ]
@@ -300,7 +310,9 @@ class TernaryMatVec(wiring.Component):
                 # a command with no rows or no columns is consumed and produces no result
                 with m.If(self.cmd.valid & (self.cmd.payload.rows != 0) & (self.cmd.payload.chunks != 0)):
                     m.d.sync += [base.eq(self.cmd.payload.base), rows_left.eq(self.cmd.payload.rows),
-                                 last_chunk.eq(self.cmd.payload.chunks - 1), xcount.eq(0)]
+                                 last_chunk.eq(self.cmd.payload.chunks - 1), xcount.eq(0),
+                                 last_chunk_m1.eq(self.cmd.payload.chunks - 2),
+                                 single.eq(self.cmd.payload.chunks == 1)]
                     m.next = "LOAD"
             with m.State("LOAD"):
                 m.d.comb += [self.busy.eq(1), self.act.ready.eq(1),
@@ -308,18 +320,18 @@ class TernaryMatVec(wiring.Component):
                 with m.If(self.act.valid):
                     m.d.sync += xcount.eq(xcount + 1)
                     with m.If(xcount == last_chunk):
-                        m.d.sync += [waddr.eq(base), chunk.eq(0)]
+                        m.d.sync += [waddr.eq(base), chunk.eq(0), is_last.eq(single)]
                         m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += [self.busy.eq(1), running.eq(1)]
                 with m.If(issue):
                     m.d.sync += waddr.eq(waddr + 1)
                     with m.If(is_last):
-                        m.d.sync += [chunk.eq(0), rows_left.eq(rows_left - p.lanes)]
+                        m.d.sync += [chunk.eq(0), is_last.eq(single), rows_left.eq(rows_left - p.lanes)]
                         with m.If(is_final):
                             m.next = "DRAIN"
-                    with m.Else():
-                        m.d.sync += chunk.eq(chunk + 1)
+                    with m.Else():  # (an XOR-reduce, not ==: Yosys' abc9 asserts on the compare here)
+                        m.d.sync += [chunk.eq(chunk + 1), is_last.eq(~(chunk ^ last_chunk_m1).any())]
             with m.State("DRAIN"):
                 m.d.comb += self.busy.eq(1)
                 with m.If(~Cat(s.valid for s in stages).any() & ~bank_full):
@@ -336,10 +348,9 @@ class TernaryMatVec(wiring.Component):
 
         # datapath: one TritDot and one accumulator per lane
         w_word, x_word = wmem.rd_data, x_rd.data
-        if p.read_register:
+        if p.read_register and wmem.latency == 1:  # SPRAM: the read register is in the fabric
             w_word = Signal.like(wmem.rd_data, reset_less=True)
-            x_word = Signal.like(x_rd.data, reset_less=True)
-            m.d.sync += [w_word.eq(wmem.rd_data), x_word.eq(x_rd.data)]
+            m.d.sync += w_word.eq(wmem.rd_data)
         accs = []
         for lane in range(p.lanes):
             dot = TritDot(trits=p.trits, packing=p.packing)

@@ -57,7 +57,9 @@ class EngineParams:
         ``"bram"`` or ``"spram"`` (see :data:`MEMORY_KINDS`).
     read_register : bool
         Register the weight and activation words after the memories (one more pipeline cycle):
-        takes the block RAM's clock-to-output off the critical path (ECP5 DP16KD: 5.8 ns).
+        takes the block RAM's clock-to-output off the critical path. On ECP5 the register is
+        the DP16KD's own output register (``OUTREG``; its ``NOREG`` clock-to-output is 5.8 ns),
+        elsewhere a fabric register (:class:`tritium.hw.wmem.RegisteredRAM`).
 
     Raises
     ------

@@ -23,7 +23,7 @@ from amaranth.lib.wiring import In, Out
 from .engine import TernaryMatVec
 from .params import CONFIGS
 
-__all__ = ["EngineHarness", "DEVICES", "run_flow", "up5k_platform", "main"]
+__all__ = ["EngineHarness", "DEVICES", "run_flow", "up5k_platform", "ecp5_platform", "main"]
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build" / "synth"
@@ -108,7 +108,8 @@ def run_flow(params, *, device, seed=1, freq_mhz=None, name=None, pack=True, reu
     freq_mhz = freq_mhz or dev["default_mhz"]
     work = BUILD / device / (name or "custom") / f"seed{seed}"
     work.mkdir(parents=True, exist_ok=True)
-    platform = up5k_platform() if device == "up5k" else None  # makes SPRAM a primitive
+    # a bare platform of the device makes SPRAM / DP16KD-with-output-register primitives
+    platform = up5k_platform() if device == "up5k" else ecp5_platform()
     text = verilog.convert(EngineHarness(params=params), name="top", emit_src=False, platform=platform)
     summary = work / "summary.json"
     if reuse and summary.exists() and (work / "top.v").exists() and (work / "top.v").read_text() == text:
@@ -155,6 +156,16 @@ def up5k_platform():
         device, package, resources, connectors = "iCE40UP5K", "SG48", [], []
 
     return UP5K()
+
+
+def ecp5_platform():
+    """A bare ECP5-85F platform: elaborating with it makes registered RAMs ``DP16KD`` primitives."""
+    from amaranth.vendor import LatticeECP5Platform
+
+    class ECP5(LatticeECP5Platform):
+        device, package, speed, resources, connectors = "LFE5U-85F", "BG381", "6", [], []
+
+    return ECP5()
 
 
 def main(argv=None):

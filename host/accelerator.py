@@ -152,10 +152,9 @@ class Accelerator:
     def write_matrix(self, w, base):
         """Write ternary ``w`` (M x K) into weight memory at word ``base`` without naming it
         (see :meth:`bind`); shape and range are checked first."""
-        w = self._check_matrix(w)
-        m, k = w.shape
-        self.params.check_shape(m, k, base)
         p = self.params
+        w = self._check_matrix(w)
+        p.check_shape(*w.shape, base)
         self.write_words(base, golden.weight_words(w, lanes=p.lanes, trits=p.trits, packing=p.packing))
 
     def bind(self, slot, base, m, k):

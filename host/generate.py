@@ -34,7 +34,7 @@ def sample(logits, rng, *, temperature, top_k):
     return int(keep[min(np.searchsorted(c, rng.random(), side="right"), keep.size - 1)])
 
 
-def generate(lm, prompt_ids, *, max_tokens, temperature=0.8, top_k=40, seed=0, on_token=None):
+def generate(lm, prompt_ids, *, max_tokens, temperature=0.5, top_k=40, seed=0, on_token=None):
     """Feed ``prompt_ids`` then sample ``max_tokens`` more; returns the generated ids.
     ``on_token(id)`` is called as each is produced."""
     rng = np.random.default_rng(seed)

@@ -101,15 +101,14 @@ class MatrixRunner:
             base, m, k = layout[name]
             self.acc.write_matrix(w, base)
             self.mats[name] = (base, m, k)
-        for name in list(self.mats)[:self.acc.capacity()["slots"]]:  # name what fits now: no binds per token
+        for name in list(self.mats)[:self.acc.info["slots"]]:  # name what fits now: no binds per token
             self._slot(name)
         self.weight_words = sum(self.params.words_for(m, k) for _, m, k in self.mats.values())
 
     def _slot(self, name):
         slot = self._slot_of.get(name)
         if slot is None:
-            slots = self.acc.capacity()["slots"]
-            free = [s for s in range(slots) if s not in self._bound]
+            free = [s for s in range(self.acc.info["slots"]) if s not in self._bound]
             slot = free[0] if free else min(self._bound, key=lambda s: self._lru[s])
             if slot in self._bound:
                 del self._slot_of[self._bound[slot]]

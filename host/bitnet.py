@@ -9,9 +9,11 @@ RoPE, grouped-query attention with a float32 KV cache, the FFN activation, and t
 * Hugging Face ``BitNetForCausalLM``: RoPE rotates halves (``rotate_half``); FFN ``relu(g)^2 * u``
   (``hidden_act = "relu2"``) or SiLU-gated (``"silu"``).
 * GGUF, ``general.architecture`` ``bitnet`` (llama.cpp: SiLU-gated FFN) or ``bitnet-25`` /
-  ``bitnet-b1.58`` (BitNet 2B-4T: relu²). q/k rows are in GGML order (llama.cpp's converter
-  permutes them), so RoPE rotates adjacent pairs. Ternary tensors TQ1_0 / TQ2_0 (or float,
-  ternarized with absmean); an optional ``<tensor>.scale`` multiplies that projection's output.
+  ``bitnet-b1.58`` (BitNet 2B-4T: relu²). q/k rows are in Hugging Face order (neither llama.cpp's
+  nor bitnet.cpp's BitNet converter permutes them) and RoPE rotates halves, as llama.cpp does
+  (its NEOX mode) and as for Hugging Face. Ternary tensors TQ1_0 / TQ2_0, or float tensors
+  holding effective weights (ternary times one scale; other floats are ternarized with
+  absmean); an optional ``<tensor>.scale`` multiplies that projection's output.
 """
 
 import dataclasses
@@ -23,8 +25,8 @@ import numpy as np
 
 from ..sim import golden
 from ..sim.golden import TritiumValueError
-from .formats import ModelFileError, read_gguf
-from .models import F32, TernaryLinear, TernaryModel, TokenListVocab, rmsnorm, silu
+from .formats import ModelFileError, finite_f32, read_gguf
+from .model_base import F32, RUNTIMES, TernaryLinear, TernaryModel, TokenListVocab, rmsnorm, silu, ternary_weights
 
 __all__ = ["BitNetConfig", "BitNetLM", "load_hf", "load_gguf", "GGUF_ARCHS"]
 
@@ -44,7 +46,6 @@ class BitNetConfig:
     eps: float = 1e-5
     rope_theta: float = 500000.0
     act: str = "relu2"
-    rope: str = "half"       # "half" (HF rotate_half) or "pairs" (GGML adjacent pairs)
     max_context: int = 4096
 
     def __post_init__(self):
@@ -69,14 +70,34 @@ class BitNetConfig:
 
 
 def _check(arr, shape, name, source):
+    """``arr`` as float32 if it has ``shape`` and only finite values within
+    :data:`~tritium.host.formats.MAX_PARAM`; otherwise :class:`ModelFileError`."""
     if arr is None:
         raise ModelFileError(f"{source}: tensor {name} is missing")
-    arr = np.asarray(arr, F32)
-    if arr.shape != tuple(shape):
-        raise ModelFileError(f"{source}: tensor {name} has shape {arr.shape}, expected {tuple(shape)}")
-    if not np.all(np.isfinite(arr)):
-        raise ModelFileError(f"{source}: tensor {name} has non-finite values")
-    return arr
+    if np.shape(arr) != tuple(shape):
+        raise ModelFileError(f"{source}: tensor {name} has shape {np.shape(arr)}, expected {tuple(shape)}")
+    return finite_f32(arr, name, source)
+
+
+def _bitnet_config(source, **values):
+    """A :class:`BitNetConfig` from values read from a file, each checked first: sizes positive
+    integers, ``eps`` in (0, 1), ``rope_theta`` finite and at least 1, ``act`` a string."""
+    for key in ("vocab", "hidden", "layers", "heads", "kv_heads", "intermediate", "max_context"):
+        v = values[key]
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+            raise ModelFileError(f"{source}: BitNet {key} must be a positive integer, got {v!r:.40}")
+        values[key] = int(v)
+    eps, theta = values["eps"], values["rope_theta"]
+    if not (isinstance(eps, (int, float)) and 0 < eps < 1):
+        raise ModelFileError(f"{source}: BitNet RMSNorm eps must be a number in (0, 1), got {eps!r:.40}")
+    if not (isinstance(theta, (int, float)) and 1 <= theta < float("inf")):
+        raise ModelFileError(f"{source}: BitNet RoPE theta must be a finite number >= 1, got {theta!r:.40}")
+    if not isinstance(values["act"], str):
+        raise ModelFileError(f"{source}: BitNet FFN activation must be a string, got {values['act']!r:.40}")
+    try:
+        return BitNetConfig(**values)
+    except ModelFileError as e:
+        raise ModelFileError(f"{source}: {e}") from None
 
 
 def _warn_zero(linears, source):
@@ -88,21 +109,20 @@ def _warn_zero(linears, source):
 
 def load_hf(path, tensors):
     """A Hugging Face BitNet b1.58 checkpoint (``config.json`` beside the safetensors file)."""
-    from .models import _ternary
     path = pathlib.Path(path)
     cfg_path = path.parent / "config.json"
     if not cfg_path.is_file():
         raise ModelFileError(f"{path}: a BitNet checkpoint needs its config.json beside it ({cfg_path} is missing)")
     try:
         c = json.loads(cfg_path.read_text())
-        cfg = BitNetConfig(vocab=int(c["vocab_size"]), hidden=int(c["hidden_size"]),
-                           layers=int(c["num_hidden_layers"]), heads=int(c["num_attention_heads"]),
-                           kv_heads=int(c.get("num_key_value_heads", c["num_attention_heads"])),
-                           intermediate=int(c["intermediate_size"]), eps=float(c.get("rms_norm_eps", 1e-5)),
-                           rope_theta=float(c.get("rope_theta", 500000.0)), act=c.get("hidden_act", "relu2"),
-                           rope="half", max_context=int(c.get("max_position_embeddings", 4096)))
-    except (ValueError, KeyError, TypeError) as e:
-        raise ModelFileError(f"{cfg_path}: not a usable BitNet config ({type(e).__name__}: {e})") from None
+        cfg = _bitnet_config(cfg_path, vocab=int(c["vocab_size"]), hidden=int(c["hidden_size"]),
+                             layers=int(c["num_hidden_layers"]), heads=int(c["num_attention_heads"]),
+                             kv_heads=int(c.get("num_key_value_heads", c["num_attention_heads"])),
+                             intermediate=int(c["intermediate_size"]), eps=float(c.get("rms_norm_eps", 1e-5)),
+                             rope_theta=float(c.get("rope_theta", 500000.0)), act=c.get("hidden_act", "relu2"),
+                             max_context=int(c.get("max_position_embeddings", 4096)))
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as e:  # bad JSON, int(inf), ...
+        raise ModelFileError(f"{cfg_path}: not a usable BitNet config ({type(e).__name__}: {str(e)[:200]})") from None
     h = cfg.hidden
     floats = {"embed": _check(tensors.get("model.embed_tokens.weight"), (cfg.vocab, h), "model.embed_tokens.weight", path),
               "norm": _check(tensors.get("model.norm.weight"), (h,), "model.norm.weight", path)}
@@ -120,22 +140,27 @@ def load_hf(path, tensors):
     for name, m, k in cfg.projections():
         l, proj = name.split(".")[1:]
         key = f"model.layers.{l}." + ("self_attn." if proj in "qkvo" else "mlp.") + f"{proj}_proj"
-        wq, s_w = _ternary(tensors, key, m, k, path)
+        wq, s_w = ternary_weights(tensors, key, m, k, path)
         linears[name] = TernaryLinear(name, wq, s_w)
     _warn_zero(linears, path)
     return TernaryModel("bitnet", cfg, floats, linears, source=path)
 
 
 def _gguf_ternary(name, kind, arr, source):
-    """(wq, s_w) from dequantized GGUF values: one scale per tensor (all non-zero |w| equal)."""
+    """``(wq, s_w)`` from dequantized GGUF values, which are effective weights (llama.cpp multiplies
+    by them as they are). TQ1_0 / TQ2_0: every block must share one scale. Float tensors that are
+    ternary times one scale (what llama.cpp's BitNet converter writes) keep their trits and that
+    scale; other float tensors are ternarized with absmean."""
+    mags = np.abs(arr[arr != 0])
+    if mags.size == 0:
+        return np.zeros(arr.shape, np.int8), 1.0
+    lo, hi = float(mags.min()), float(mags.max())
     if kind in ("TQ1_0", "TQ2_0"):
-        mags = np.abs(arr[arr != 0])
-        if mags.size == 0:
-            return np.zeros(arr.shape, np.int8), 1.0
-        lo, hi = float(mags.min()), float(mags.max())
         if hi - lo > 1e-3 * hi:
             raise ModelFileError(f"{source}: tensor {name} ({kind}) has block scales from {lo:g} to {hi:g}; the "
                                  "accelerator rescales once per tensor, so every block must share one scale")
+        return np.sign(arr).astype(np.int8), 1.0 / hi
+    if hi - lo <= 1e-6 * hi:  # already ternary: absmean would shrink it by the fraction of non-zeros
         return np.sign(arr).astype(np.int8), 1.0 / hi
     wq, s_w = golden.quantize_weights(arr)
     return wq, float(s_w)
@@ -146,26 +171,30 @@ def load_gguf(path):
     path = pathlib.Path(path)
     tensors, fields = read_gguf(path)
     arch = fields.get("general.architecture")
-    if arch not in GGUF_ARCHS:
-        raise ModelFileError(f"{path}: GGUF architecture {arch!r} is not supported (known: {', '.join(GGUF_ARCHS)}; "
+    if not isinstance(arch, str) or arch not in GGUF_ARCHS:
+        raise ModelFileError(f"{path}: GGUF architecture {arch!r:.60} is not supported "
+                             f"(known: {', '.join(GGUF_ARCHS)}; "
                              "the shipped MatMul-free LM is a .safetensors file)")
 
     def field(key, default=None):
         v = fields.get(f"{arch}.{key}", default)
         if v is None:
             raise ModelFileError(f"{path}: GGUF metadata {arch}.{key} is missing")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not abs(v) < float("inf"):
+            raise ModelFileError(f"{path}: GGUF metadata {arch}.{key} must be a finite number, got {v!r:.40}")
         return v
 
     emb = tensors.get("token_embd.weight")
     if emb is None:
         raise ModelFileError(f"{path}: tensor token_embd.weight is missing")
     heads = int(field("attention.head_count"))
-    cfg = BitNetConfig(vocab=emb[1].shape[0], hidden=int(field("embedding_length")), layers=int(field("block_count")),
-                       heads=heads, kv_heads=int(field("attention.head_count_kv", heads)),
-                       intermediate=int(field("feed_forward_length")),
-                       eps=float(field("attention.layer_norm_rms_epsilon", 1e-5)),
-                       rope_theta=float(field("rope.freq_base", 10000.0)), act=GGUF_ARCHS[arch], rope="pairs",
-                       max_context=int(field("context_length", 4096)))
+    cfg = _bitnet_config(path, vocab=emb[1].shape[0], hidden=int(field("embedding_length")),
+                         layers=int(field("block_count")), heads=heads,
+                         kv_heads=int(field("attention.head_count_kv", heads)),
+                         intermediate=int(field("feed_forward_length")),
+                         eps=float(field("attention.layer_norm_rms_epsilon", 1e-5)),
+                         rope_theta=float(field("rope.freq_base", 10000.0)), act=GGUF_ARCHS[arch],
+                         max_context=int(field("context_length", 4096)))
     h = cfg.hidden
 
     def get(name, shape):
@@ -187,13 +216,15 @@ def load_gguf(path):
         wq, s_w = _gguf_ternary(tname, kind, get(tname + ".weight", (m, k)), path)
         if tname + ".scale" in tensors:
             scale = get(tname + ".scale", (1,)).ravel()[0] if tensors[tname + ".scale"][1].size == 1 else None
-            if scale is None or not np.isfinite(scale) or scale <= 0:
-                raise ModelFileError(f"{path}: {tname}.scale must be one positive number")
+            if scale is None or not 2.0 ** -32 <= scale <= 2.0 ** 32:
+                raise ModelFileError(f"{path}: {tname}.scale must be one positive number (2**-32 to 2**32)")
             s_w = s_w / float(scale)
         linears[name] = TernaryLinear(name, wq, s_w)
     _warn_zero(linears, path)
     tokens = fields.get("tokenizer.ggml.tokens")
-    vocab = TokenListVocab(list(tokens) if isinstance(tokens, (list, tuple)) else None)
+    if tokens is not None and not (isinstance(tokens, list) and all(isinstance(t, str) for t in tokens)):
+        raise ModelFileError(f"{path}: GGUF metadata tokenizer.ggml.tokens must be a list of strings")
+    vocab = TokenListVocab(tokens)
     return TernaryModel("bitnet", cfg, floats, linears, source=path, tokenizer=vocab, vocab_size=cfg.vocab)
 
 
@@ -212,16 +243,13 @@ class BitNetLM:
         self.cache = [([], []) for _ in range(self.cfg.layers)]
 
     def _rope(self, x):
-        """Rotate each head of ``x`` ([heads, d]) by the current position."""
+        """Rotate each head of ``x`` ([heads, d]) by the current position: element ``i`` pairs
+        with ``i + d/2`` (Hugging Face ``rotate_half``, llama.cpp's NEOX mode), angle
+        ``pos * rope_theta**(-2i/d)``."""
         ang = (F32(self.pos) * self.inv_freq).astype(F32)
         cos, sin = np.cos(ang), np.sin(ang)
-        if self.cfg.rope == "half":
-            a, b = x[:, : x.shape[1] // 2], x[:, x.shape[1] // 2:]
-            return np.concatenate([a * cos - b * sin, b * cos + a * sin], 1).astype(F32)
-        a, b = x[:, 0::2], x[:, 1::2]
-        out = np.empty_like(x)
-        out[:, 0::2], out[:, 1::2] = a * cos - b * sin, b * cos + a * sin
-        return out
+        a, b = x[:, : x.shape[1] // 2], x[:, x.shape[1] // 2:]
+        return np.concatenate([a * cos - b * sin, b * cos + a * sin], 1).astype(F32)
 
     def step(self, token):
         cfg, f, L, run = self.cfg, self.f, self.L, self.runner
@@ -253,3 +281,6 @@ class BitNetLM:
             h = h + L[p + "down"](run, rmsnorm((act * u).astype(F32), f[p + "ffn_sub_norm"], cfg.eps))
         self.pos += 1
         return (f["lm_head"] @ rmsnorm(h, f["norm"], cfg.eps)).astype(F32)
+
+
+RUNTIMES["bitnet"] = BitNetLM

@@ -36,8 +36,7 @@ def _open(args):
     elif args.backend == "sim":
         transport = SimTransport(params, name=args.config)
     else:
-        if not args.port:
-            raise TritiumValueError("--backend serial needs --port (e.g. /dev/ttyUSB1)")
+        # without --port: the one attached board's FTDI UART, found by USB VID:PID
         transport = SerialTransport(args.port, baudrate=args.baud)
     try:
         return Accelerator(transport, timeout=args.timeout), transport
@@ -99,8 +98,7 @@ def _generate(args):
 
 def _plan(args):
     """Where a model's matrices go on a configuration, and what a token costs there."""
-    from ..hw import protocol as P
-    from .generate import board_model
+    from ..sim.cost import board_model
     from .models import DEFAULT_MODEL, MatrixRunner, load_model
     from .transport import GoldenTransport
     from .accelerator import Accelerator
@@ -109,8 +107,8 @@ def _plan(args):
     runner = MatrixRunner(Accelerator(GoldenTransport(params)), label=f"the {args.config} engine")
     shapes = {n: l.wq.shape for n, l in model.linears.items()}
     layout = runner.plan(shapes)
-    link = sum(P.matvec_link_bytes(params, m, k) for m, k in shapes.values())
-    board = board_model(params, list(shapes.values()), link)
+    board = board_model(params, list(shapes.values()))  # the link bytes the model predicts
+    link = board["link_bytes_per_token"]
     out = {"model": model.describe(), "config": args.config, "engine": params.describe(),
            "ternary_params": model.ternary_params, "host_float_params": model.float_params,
            "weight_words_used": sum(params.words_for(m, k) for m, k in shapes.values()),
@@ -132,6 +130,14 @@ def _plan(args):
     return 0
 
 
+def _flash(args):
+    """Load a board's bitstream with openFPGALoader: SRAM, or the SPI flash with --flash."""
+    from .program import program
+    program(args.board, bitstream=args.bitstream, flash=args.flash, log=None if args.quiet else sys.stdout)
+    print(f"loaded {args.board}'s bitstream into its {'SPI flash' if args.flash else 'SRAM'}")
+    return 0
+
+
 def _verilog(args):
     from ..sim.runner import emit_verilog
     path = emit_verilog(CONFIGS[args.config], args.output, name=args.name)
@@ -150,7 +156,8 @@ def main(argv=None):
         sp.add_argument("--backend", choices=["golden", "sim", "serial"], default="golden")
         sp.add_argument("--config", default=default_config, choices=list(CONFIGS),
                         help="engine configuration of the golden/sim device")
-        sp.add_argument("--port", help="serial port of a board (serial backend)")
+        sp.add_argument("--port", help="serial port of a board (serial backend); default: the attached "
+                                       "iCEBreaker's or ULX3S's FTDI UART, found by USB VID:PID")
         sp.add_argument("--baud", type=int, default=1_000_000)
         sp.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each reply")
 
@@ -173,6 +180,9 @@ def main(argv=None):
     p_g.add_argument("--temperature", type=float, default=0.5, help="0: greedy")
     p_g.add_argument("--top-k", type=int, default=40, help="0: no top-k cut")
     p_g.add_argument("--seed", type=int, default=0)
+    p_g.add_argument("--arith", choices=["float", "integer"], default="float",
+                     help="float: the host's float32 runtime; integer: the on-chip step's fixed-point "
+                          "program and token rule (MatMul-free models), products still on the device")
     p_g.add_argument("--json", action="store_true", help="print one JSON object (tokens, text, stats) at the end")
     p_g.add_argument("--quiet", action="store_true", help="no progress or loading messages on stderr")
     p_g.set_defaults(func=_generate)
@@ -186,6 +196,13 @@ def main(argv=None):
     p_v.add_argument("--name", default="tmv", help="top module name")
     p_v.add_argument("-o", "--output", default="build/tmv.v")
     p_v.set_defaults(func=_verilog)
+    p_f = sub.add_parser("flash", help="load a board's bitstream with openFPGALoader (SRAM; --flash for SPI flash)")
+    p_f.add_argument("--board", default="icebreaker", choices=["icebreaker", "ulx3s-85f"])
+    p_f.add_argument("--flash", action="store_true",
+                     help="write the board's SPI flash (configures at every power-up) instead of its SRAM")
+    p_f.add_argument("--bitstream", help="bitstream file; default: the one make bitstream BOARD=... built")
+    p_f.add_argument("--quiet", action="store_true", help="do not show openFPGALoader's output")
+    p_f.set_defaults(func=_flash)
     args = ap.parse_args(argv)
     from ..hw.protocol import ProtocolError
     from .accelerator import DeviceError

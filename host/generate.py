@@ -11,9 +11,10 @@ import time
 
 import numpy as np
 
+from ..sim.cost import board_model  # the one cost model (``tritium plan`` and the benchmark use it too)
 from ..sim.golden import TritiumValueError
 
-__all__ = ["sample", "generate", "board_model", "run"]
+__all__ = ["sample", "generate", "IntegerStepLM", "board_model", "run"]
 
 
 def sample(logits, rng, *, temperature, top_k):
@@ -34,50 +35,50 @@ def sample(logits, rng, *, temperature, top_k):
     return int(keep[min(np.searchsorted(c, rng.random(), side="right"), keep.size - 1)])
 
 
+class IntegerStepLM:
+    """A MatMul-free model run with the on-chip integer arithmetic (:mod:`tritium.sim.lmstep`):
+    the fixed-point program on the host, every ternary product on ``runner``'s device (the
+    weights ``runner`` already holds). ``step(token)`` -> Q16.16 int logits; :func:`generate`
+    chooses tokens with the on-chip rule (:func:`tritium.sim.lmstep.choose_token`)."""
+
+    integer = True
+
+    def __init__(self, model, runner):
+        from ..sim import lmstep
+        self.image = lmstep.compile_mmfree(model)
+        self._lm = lmstep.IntegerLM(self.image, matvec=runner.matvec)
+
+    def reset(self):
+        self._lm.reset()
+
+    def step(self, token):
+        return self._lm.step(token)
+
+
 def generate(lm, prompt_ids, *, max_tokens, temperature=0.5, top_k=40, seed=0, on_token=None):
     """Feed ``prompt_ids`` then sample ``max_tokens`` more; returns the generated ids.
-    ``on_token(id)`` is called as each is produced."""
+    ``on_token(id)`` is called as each is produced. Float models sample with :func:`sample`;
+    an :class:`IntegerStepLM` with the on-chip rule (xorshift32 seeded by :func:`rng_seed`)."""
+    from ..sim import lmstep
     rng = np.random.default_rng(seed)
+    integer = getattr(lm, "integer", False)
+    if integer:
+        rule, state = lmstep.SamplingParams.from_float(temperature, top_k), lmstep.rng_seed(seed)
     lm.reset()
     logits = None
     for t in prompt_ids:
         logits = lm.step(t)
     out = []
     for _ in range(max_tokens):
-        tok = sample(logits, rng, temperature=temperature, top_k=top_k)
+        if integer:
+            tok, state = lmstep.choose_token(logits, rule, state)
+        else:
+            tok = sample(logits, rng, temperature=temperature, top_k=top_k)
         out.append(tok)
         if on_token:
             on_token(tok)
         if len(out) < max_tokens:
             logits = lm.step(tok)
-    return out
-
-
-def board_model(params, shapes, link_bytes_per_token, board="icebreaker"):
-    """Modeled tokens/s of the same work on ``board``: link time from the bytes each token
-    actually moved (10 bits per byte at the board's baud) plus device cycles (engine cycle model
-    plus the sequencer's per-byte cycles), at the board clock and at the bitstream's Fmax
-    (``build/<board>/report.json`` when built)."""
-    from ..hw.boards import BOARDS, ROOT, board_platform
-    from ..hw.device import matvec_device_cycles
-    cycles = sum(matvec_device_cycles(params, m, k) for m, k in shapes)
-    baud = BOARDS[board][2]
-    report = ROOT / "build" / board / "report.json"
-    clock_mhz = board_platform(board).default_clk_frequency / 1e6
-    fmax = None
-    if report.exists():
-        r = json.loads(report.read_text())
-        clock_mhz, fmax = r["clock_mhz"], r["fmax_mhz"]
-    link_s = link_bytes_per_token * 10 / baud
-    out = {"board": board, "baud": baud, "clock_mhz": clock_mhz, "fmax_mhz": fmax,
-           "report": str(report) if fmax else None, "device_cycles_per_token": cycles,
-           "link_s_per_token": link_s}
-    for label, mhz in (("clock", clock_mhz), ("fmax", fmax)):
-        if mhz:
-            compute_s = cycles / (mhz * 1e6)
-            out[f"tokens_per_s_at_{label}"] = 1 / (link_s + compute_s)
-            out[f"compute_s_per_token_at_{label}"] = compute_s
-    out["bound"] = "link" if link_s > out["compute_s_per_token_at_clock"] else "compute"
     return out
 
 
@@ -136,6 +137,10 @@ def run(args, open_accelerator):
                       f"{model.ternary_params:,} trits...\n")
             err.flush()
         lm = model.bind(runner)
+        if getattr(args, "arith", "float") == "integer":
+            if model.arch != "mmfreelm":
+                raise TritiumValueError(f"--arith integer runs MatMul-free LMs; this model is {model.arch}")
+            lm = IntegerStepLM(model, runner)
         load_s = time.monotonic() - t_load
         load_bytes = acc.link_bytes
         if not args.quiet:

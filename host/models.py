@@ -12,42 +12,32 @@ FFN), from the formats in :func:`load_model`.
 """
 
 import dataclasses
+import importlib.resources
 import json
 import pathlib
 
 import numpy as np
 
 from ..sim import golden
+from ..sim.cost import product_cycles
 from ..sim.golden import TritiumValueError
-from .formats import ModelFileError, read_safetensors, write_safetensors
+from .formats import ModelFileError, finite_f32, read_safetensors, write_safetensors
+# the parts every architecture shares (re-exported: they were defined here)
+from .model_base import (F32, RUNTIMES, ByteVocab, TernaryLinear, TernaryModel, TokenListVocab, rmsnorm,
+                         scale_value as _scalar, sigmoid, silu, ternary_weights as _ternary)
+from .bitnet import load_gguf, load_hf
 
-__all__ = ["ROOT", "DEFAULT_MODEL", "MMFreeConfig", "ModelTooLarge", "TernaryModel", "MatrixRunner",
+__all__ = ["DEFAULT_MODEL", "MMFreeConfig", "ModelTooLarge", "TernaryModel", "MatrixRunner",
            "MMFreeLM", "export_mmfree", "load_model", "rmsnorm", "silu", "sigmoid"]
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-DEFAULT_MODEL = ROOT / "models" / "tritium-mmfree-3x128.safetensors"
-F32 = np.float32
+#: the shipped model, package data of ``tritium`` (``tritium/models/``); a file on disk wherever the
+#: package is installed as files (a wheel, an editable install or a source checkout)
+DEFAULT_MODEL = pathlib.Path(str(importlib.resources.files("tritium").joinpath(
+    "models", "tritium-mmfree-3x128.safetensors")))
 
 
 class ModelTooLarge(TritiumValueError):
     """The model's ternary weights do not fit the device's weight memory or engine limits."""
-
-
-# -- host-side float semantics (docs/arithmetic.md, "Host arithmetic") --------------------------
-
-def rmsnorm(x, w, eps):
-    """``x / sqrt(mean(x^2) + eps) * w`` over the last axis, float32."""
-    x = np.asarray(x, F32)
-    return (x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True, dtype=F32) + F32(eps)) * w).astype(F32)
-
-
-def sigmoid(x):
-    return (F32(1) / (F32(1) + np.exp(-np.asarray(x, F32)))).astype(F32)
-
-
-def silu(x):
-    x = np.asarray(x, F32)
-    return (x * sigmoid(x)).astype(F32)
 
 
 # -- the device side ------------------------------------------------------------------------------
@@ -60,8 +50,8 @@ class MatrixRunner:
     is written -- then writes each once. Matrices are named by the device's slots; a model with
     more matrices than slots re-binds slots (one short SET_SLOT frame; the weights stay put).
     ``matvec(name, xq)`` returns the exact int64 product. Counters: ``products``,
-    ``engine_cycles`` (the cycle model of :func:`tritium.hw.engine.product_cycles`, checked
-    against the RTL) and the accelerator's ``link_bytes``.
+    ``engine_cycles`` (the cost model's :func:`tritium.sim.cost.product_cycles`, checked against
+    the RTL) and the accelerator's ``link_bytes``.
     """
 
     def __init__(self, accelerator, *, label=None):
@@ -122,30 +112,11 @@ class MatrixRunner:
     def matvec(self, name, xq):
         if name not in self.mats:
             raise TritiumValueError(f"matrix {name!r} is not loaded on the device")
-        from ..hw.engine import product_cycles
         _, m, k = self.mats[name]
         y = self.acc.matvec(self._slot(name), xq)
         self.products += 1
         self.engine_cycles += product_cycles(self.params, m, k)
         return y
-
-
-@dataclasses.dataclass
-class TernaryLinear:
-    """A BitLinear: ternary ``wq`` (M x K int8) with ``s_w`` (effective weight ``wq / s_w``),
-    and the RMSNorm weight it applies to its input first (MatMul-free) or ``None``."""
-    name: str
-    wq: np.ndarray
-    s_w: float
-    norm: np.ndarray | None = None
-    norm_eps: float = 1e-6
-
-    def __call__(self, runner, x):
-        x = np.asarray(x, F32)
-        if self.norm is not None:
-            x = rmsnorm(x, self.norm, self.norm_eps)
-        xq, s_x = golden.quantize_activations(x)
-        return golden.dequantize(runner.matvec(self.name, xq), s_x[0], self.s_w)
 
 
 # -- MatMul-free LM ---------------------------------------------------------------------------------
@@ -212,148 +183,56 @@ def export_mmfree(latent, cfg, path, *, training=None):
     return write_safetensors(path, out, meta)
 
 
-class ByteVocab:
-    """Byte-level vocabulary: token ``i`` is byte ``i``; text is UTF-8."""
-
-    def encode(self, raw):
-        return list(raw)
-
-    def decode_text(self, ids):
-        return bytes(ids).decode("utf-8", errors="replace")
-
-    def piece(self, tok, decoder):
-        return decoder.decode(bytes([tok]))
-
-    def piece_flush(self, decoder):
-        return decoder.decode(b"", final=True)
-
-
-class TokenListVocab:
-    """A vocabulary known only as a list of token strings (GGUF ``tokenizer.ggml.tokens``), or
-    not at all: output is decoded (SentencePiece ``\u2581`` as space, ``<0xNN>`` as a byte);
-    prompts must be given as token ids, since no tokenizer model is available offline."""
-
-    def __init__(self, tokens=None):
-        self.tokens = tokens
-
-    def encode(self, raw):
-        raise TritiumValueError("this model's tokenizer is not available offline: give the prompt as --prompt-ids")
-
-    def _bytes(self, tok):
-        if not self.tokens or not 0 <= tok < len(self.tokens):
-            return f"[{tok}]".encode()
-        t = self.tokens[tok]
-        if len(t) == 6 and t.startswith("<0x") and t.endswith(">"):
-            return bytes([int(t[3:5], 16)])
-        return t.replace("\u2581", " ").encode("utf-8")
-
-    def decode_text(self, ids):
-        return b"".join(self._bytes(t) for t in ids).decode("utf-8", errors="replace")
-
-    def piece(self, tok, decoder):
-        return decoder.decode(self._bytes(tok))
-
-    def piece_flush(self, decoder):
-        return decoder.decode(b"", final=True)
-
-
-class TernaryModel:
-    """A loaded model: ``arch``, ``config``, host float tensors and :class:`TernaryLinear` s.
-    Nothing here touches a device; :meth:`bind` makes a runnable model."""
-
-    def __init__(self, arch, config, floats, linears, *, source, info=None, tokenizer=None, vocab_size=None):
-        self.arch, self.config, self.floats, self.linears = arch, config, floats, linears
-        self.source, self.info = str(source), info or {}
-        self.vocab_size = vocab_size or config.vocab
-        self.tokenizer = tokenizer or (ByteVocab() if self.vocab_size == 256 else TokenListVocab())
-
-    def describe(self):
-        return f"{self.arch} {self.config.describe()} ({pathlib.Path(self.source).name})"
-
-    @property
-    def ternary_params(self):
-        return sum(l.wq.size for l in self.linears.values())
-
-    @property
-    def float_params(self):
-        return sum(a.size for a in self.floats.values()) + sum(
-            l.norm.size for l in self.linears.values() if l.norm is not None)
-
-    def bind(self, runner):
-        """Load every ternary matrix onto ``runner``'s device; returns the runnable model."""
-        runner.load({n: l.wq for n, l in self.linears.items()})
-        if self.arch == "mmfreelm":
-            return MMFreeLM(self, runner)
-        from .bitnet import BitNetLM
-        return BitNetLM(self, runner)
-
-
-def _scalar(arr, name, source):
-    arr = np.asarray(arr, F32).ravel()
-    if arr.size != 1 or not np.isfinite(arr[0]) or arr[0] <= 0:
-        raise ModelFileError(f"{source}: {name} must be one positive finite number, got {arr[:4]}")
-    return float(arr[0])
-
-
-def _ternary(tensors, name, m, k, source):
-    """``(wq, s_w)`` for ``name`` (``.weight``): packed uint8 with ``.weight_scale``, or latent
-    floats ternarized with absmean."""
-    w = tensors.get(name + ".weight")
-    if w is None:
-        raise ModelFileError(f"{source}: tensor {name}.weight is missing")
-    if w.dtype == np.uint8:
-        if w.shape != (m // 4, k):
-            raise ModelFileError(f"{source}: {name}.weight is packed {w.shape}, expected {(m // 4, k)} for a {m}x{k} matrix")
-        if name + ".weight_scale" not in tensors:
-            raise ModelFileError(f"{source}: packed {name}.weight has no {name}.weight_scale")
-        try:
-            wq = golden.unpack_bitnet_hf(w)
-        except TritiumValueError as e:
-            raise ModelFileError(f"{source}: {name}.weight: {e}") from None
-        return wq, _scalar(tensors[name + ".weight_scale"], name + ".weight_scale", source)
-    if w.shape != (m, k):
-        raise ModelFileError(f"{source}: {name}.weight has shape {w.shape}, expected {(m, k)}")
-    try:
-        wq, s_w = golden.quantize_weights(w)
-    except TritiumValueError as e:
-        raise ModelFileError(f"{source}: {name}.weight: {e}") from None
-    return wq, float(s_w)
-
-
 def _load_mmfree(tensors, cfg, source, info):
     floats = {}
     for name, shape in _mmfree_host_names(cfg).items():
         if name not in tensors:
             raise ModelFileError(f"{source}: tensor {name} is missing")
-        arr = np.asarray(tensors[name], F32)
-        if arr.shape != shape:
-            raise ModelFileError(f"{source}: tensor {name} has shape {arr.shape}, expected {shape}")
-        floats[name] = arr
+        if np.shape(tensors[name]) != shape:
+            raise ModelFileError(f"{source}: tensor {name} has shape {np.shape(tensors[name])}, expected {shape}")
+        floats[name] = finite_f32(tensors[name], name, source)
     linears = {}
     for name, m, k in cfg.projections():
         wq, s_w = _ternary(tensors, name, m, k, source)
         norm = tensors.get(name + ".norm.weight")
         if norm is None or np.shape(norm) != (k,):
             raise ModelFileError(f"{source}: tensor {name}.norm.weight is missing or not of shape ({k},)")
-        linears[name] = TernaryLinear(name, wq, s_w, np.asarray(norm, F32), cfg.eps)
+        linears[name] = TernaryLinear(name, wq, s_w, finite_f32(norm, name + ".norm.weight", source), cfg.eps)
     return TernaryModel("mmfreelm", cfg, floats, linears, source=source, info=info)
 
 
 def _mmfree_config_from(tensors, meta, source):
+    """The :class:`MMFreeConfig` of a file: its ``config`` metadata (JSON), or read off the
+    tensors' shapes (a released checkpoint). Sizes must be positive integers, ``eps`` in (0, 1),
+    and the layer count no larger than the number of tensors in the file."""
     if "config" in meta:
         try:
-            return MMFreeConfig(**json.loads(meta["config"]))
-        except (TypeError, ValueError) as e:
-            raise ModelFileError(f"{source}: bad 'config' metadata ({e})") from None
-    # a released checkpoint: read the shape off the tensors
-    try:
-        vocab, hidden = tensors["model.embeddings.weight"].shape
-        layers = tensors["model.lower_bounds"].shape[0]
-        down = tensors["model.layers.0.mlp.down_proj.weight"]
-        inter = down.shape[1]
-    except (KeyError, ValueError, IndexError) as e:
-        raise ModelFileError(f"{source}: not a MatMul-free checkpoint (missing or odd tensor: {e})") from None
-    return MMFreeConfig(vocab=int(vocab), hidden=int(hidden), layers=int(layers), intermediate=int(inter))
+            c = json.loads(meta["config"])
+        except (ValueError, RecursionError) as e:
+            raise ModelFileError(f"{source}: 'config' metadata is not JSON "
+                                 f"({type(e).__name__}: {str(e)[:200]})") from None
+        if not isinstance(c, dict) or not set(c) <= {f.name for f in dataclasses.fields(MMFreeConfig)}:
+            raise ModelFileError(f"{source}: 'config' metadata must be a JSON object with keys from "
+                                 f"{', '.join(f.name for f in dataclasses.fields(MMFreeConfig))}, got {c!r:.200}")
+    else:  # a released checkpoint: read the shape off the tensors
+        try:
+            vocab, hidden = tensors["model.embeddings.weight"].shape
+            layers = tensors["model.lower_bounds"].shape[0]
+            inter = tensors["model.layers.0.mlp.down_proj.weight"].shape[1]
+        except (KeyError, ValueError, IndexError) as e:
+            raise ModelFileError(f"{source}: not a MatMul-free checkpoint (missing or odd tensor: {e})") from None
+        c = {"vocab": vocab, "hidden": hidden, "layers": layers, "intermediate": inter}
+    for key in ("vocab", "hidden", "layers", "intermediate"):
+        v = c.get(key, getattr(MMFreeConfig, key))
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+            raise ModelFileError(f"{source}: MatMul-free config {key} must be a positive integer, got {v!r:.40}")
+        c[key] = int(v)
+    eps = c.get("eps", MMFreeConfig.eps)
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0 < eps < 1:
+        raise ModelFileError(f"{source}: MatMul-free config eps must be a number in (0, 1), got {eps!r:.40}")
+    if c["layers"] > len(tensors):  # every layer has tensors of its own: bounds the loops over layers
+        raise ModelFileError(f"{source}: config says {c['layers']} layers, but the file holds {len(tensors)} tensors")
+    return MMFreeConfig(**c)
 
 
 def load_model(path):
@@ -369,16 +248,20 @@ def load_model(path):
     if not path.exists():
         raise ModelFileError(f"{path}: no such model file")
     if path.suffix == ".gguf":
-        from .bitnet import load_gguf
         return load_gguf(path)
     if path.suffix != ".safetensors":
         raise ModelFileError(f"{path}: unknown model format (expected .safetensors or .gguf)")
     tensors, meta = read_safetensors(path)
     if "model.lower_bounds" in tensors or meta.get("architecture") == "mmfreelm":
-        info = json.loads(meta["training"]) if "training" in meta else {}
+        try:
+            info = json.loads(meta["training"]) if "training" in meta else {}
+        except (ValueError, RecursionError) as e:
+            raise ModelFileError(f"{path}: 'training' metadata is not JSON "
+                                 f"({type(e).__name__}: {str(e)[:200]})") from None
+        if not isinstance(info, dict):
+            raise ModelFileError(f"{path}: 'training' metadata must be a JSON object")
         return _load_mmfree(tensors, _mmfree_config_from(tensors, meta, path), path, info)
     if any(".self_attn." in n for n in tensors):
-        from .bitnet import load_hf
         return load_hf(path, tensors)
     raise ModelFileError(f"{path}: neither a MatMul-free LM (model.lower_bounds) nor a BitNet "
                          "(model.layers.N.self_attn.*) checkpoint")
@@ -399,12 +282,14 @@ class MMFreeLM:
         self.L = model.linears
         self.reset()
 
-    def reset(self):
-        self.state = np.zeros((self.cfg.layers, self.cfg.hidden), F32)
+    def reset(self, batch=()):
+        """Zero the state; ``batch`` (a shape) runs that many independent sequences at once
+        (``step`` then takes a token array of that shape; the runner must take batched inputs)."""
+        self.state = np.zeros((self.cfg.layers,) + tuple(batch) + (self.cfg.hidden,), F32)
 
     def step(self, token):
         cfg, f, L, run = self.cfg, self.model.floats, self.L, self.runner
-        h = f["model.embeddings.weight"][int(token)].astype(F32)
+        h = f["model.embeddings.weight"][np.asarray(token, np.int64)].astype(F32)
         for l in range(cfg.layers):
             p = f"model.layers.{l}."
             x = rmsnorm(h, f[p + "attn_norm.weight"], cfg.eps)
@@ -416,6 +301,9 @@ class MMFreeLM:
             o = rmsnorm(L[p + "attn.g_proj"](run, x), f[p + "attn.g_norm.weight"], cfg.eps) * silu(self.state[l])
             h = h + L[p + "attn.o_proj"](run, o)
             x = rmsnorm(h, f[p + "mlp_norm.weight"], cfg.eps)
-            g, u = np.split(L[p + "mlp.gate_proj"](run, x), 2)
+            g, u = np.split(L[p + "mlp.gate_proj"](run, x), 2, axis=-1)
             h = h + L[p + "mlp.down_proj"](run, silu(g) * u)
         return L["lm_head"](run, rmsnorm(h, f["model.norm.weight"], cfg.eps))
+
+
+RUNTIMES["mmfreelm"] = MMFreeLM

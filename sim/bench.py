@@ -2,7 +2,9 @@
 
 ``python -m tritium.sim.bench report`` measures and writes ``docs/perf/results.json``,
 ``docs/perf/README.md`` and PNG plots: place-and-route per configuration, board and seed;
-roofline fraction from RTL simulation (checked against the cycle model); simulator speed; the
+roofline fraction from RTL simulation (checked against the cycle model); simulator speed (the
+engine's cocotb regression; the simulated iCEBreaker device under both harnesses and ``make demo``'s
+wall time, :func:`device_sim_speed`); the
 golden backend's host throughput; modeled tokens/s; projections to bigger parts.
 
 ``python -m tritium.sim.bench sweep --lanes 4,8 --trits 4,8 ...`` runs a design-space sweep of
@@ -24,17 +26,20 @@ import time
 
 import numpy as np
 
-from ..hw.engine import TernaryMatVec, product_cycles
+from ..hw.engine import TernaryMatVec
 from ..hw.params import CONFIGS, EngineParams
 from ..hw.boards import BOARDS
 from ..hw.synth import DEVICES, run_flow
-from . import golden
+from . import cost, golden
+from .cost import product_cycles
 from ..host.models import MMFreeConfig
+from ..paths import build_dir, source_checkout
 
 __all__ = ["SweepPoint", "sweep", "pareto_front", "roofline", "main"]
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-OUT = ROOT / "docs" / "perf"
+#: where the report goes: docs/perf of the source checkout, else perf/ in the build folder (an
+#: installed package is never written into)
+OUT = source_checkout() / "docs" / "perf" if source_checkout() else build_dir("perf")
 
 #: the naive reference: a 16-lane adder-tree ternary dot with a 32-bit accumulator
 REFERENCE = {"up5k": {"logic": 833, "fmax_mhz": 19.8, "macs": 16},
@@ -53,7 +58,7 @@ BENCH_CONFIGS = {
     "default-reg": CONFIGS["default-reg"],
 }
 
-#: the shipped model's ternary matrices (models/tritium-mmfree-3x128.safetensors: MatMul-free LM,
+#: the shipped model's ternary matrices (tritium/models/tritium-mmfree-3x128.safetensors: MatMul-free LM,
 #: hidden 128, GLU 256, 3 layers, byte vocabulary): (name, M, K). 524,288 trits: the UP5K's four SPRAMs.
 MODEL_SHAPES = [(name.split(".")[-1], m, k) for name, m, k in MMFreeConfig().projections()]
 MODEL_LAYER = MODEL_SHAPES[:6]
@@ -159,6 +164,69 @@ def verilator_speed():
             "note": "the cocotb Python testbench (drivers, monitors, golden model) dominates wall time"}
 
 
+def device_sim_speed(tokens=64, products=8):
+    """The simulated iCEBreaker device (``up5k-spram``) behind ``SimTransport``: device cycles per
+    second of both engines on the same requests (a 256 x 512 matrix loaded, then ``products``
+    products, through the pty), the fast engine's cycles/s over a whole ``make demo`` run, and that
+    run's wall time (``tritium generate --backend sim``, ``tokens`` tokens, after the one-time build)."""
+    import subprocess
+    import tempfile
+
+    from ..host.accelerator import Accelerator
+    from ..host.transport import SimTransport
+    from .runner import build_fast_device_sim
+    params = CONFIGS["up5k-spram"]
+    # the one-time build, from nothing, in a throwaway build folder (Verilog, Verilator, g++ -j2)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.monotonic()
+        subprocess.run([sys.executable, "-c", "from tritium.hw.params import CONFIGS; from tritium.sim.runner import "
+                        "build_fast_device_sim as b; b(CONFIGS['up5k-spram'], name='up5k-spram')"],
+                       env={**os.environ, "TRITIUM_BUILD_DIR": tmp}, check=True)
+        build_s = time.monotonic() - t0
+    build_fast_device_sim(params, name="up5k-spram")
+
+    def workload(engine):
+        rng = np.random.default_rng(0)
+        t = SimTransport(params, name="up5k-spram", engine=engine, waves=False)
+        with t:
+            acc = Accelerator(t, timeout=120)
+            t0 = time.monotonic()
+            acc.load(0, rng.integers(-1, 2, (256, 512)))
+            for _ in range(products):
+                acc.matvec(0, rng.integers(-128, 128, 512))
+            wall = time.monotonic() - t0
+        return wall, t.stats
+
+    fast_wall, fast = workload("verilator")
+    cocotb_wall, _ = workload("cocotb")
+    # the device takes the same cycles under both harnesses; cocotb's harness does not count them
+    cycles = fast["cycles"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRITIUM_WAVES", "TRITIUM_SIM_ENGINE"))}
+    cmd = [sys.executable, "-c", "import sys; from tritium.host.cli import main; sys.exit(main())", "generate",
+           "--backend", "sim", "--prompt", "The return statement", "--max-tokens", str(tokens), "--seed", "0",
+           "--json"]
+    t0 = time.monotonic()
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+    demo_s = time.monotonic() - t0
+    demo = json.loads(r.stdout)
+    # the demo's own cycles/s: the same run in-process, where the harness's counts can be read
+    from ..host.generate import generate
+    from ..host.models import DEFAULT_MODEL, MatrixRunner, load_model
+    t = SimTransport(params, name="up5k-spram", engine="verilator", waves=False)
+    with t:
+        lm = load_model(DEFAULT_MODEL).bind(MatrixRunner(Accelerator(t)))
+        generate(lm, list(b"The return statement"), max_tokens=tokens, temperature=0.5, top_k=40, seed=0)
+    return {"device": "iCEBreaker LinkDevice (up5k-spram)", "build_seconds": round(build_s, 1),
+            "workload": f"256x512 matrix loaded, {products} products, through the pty", "workload_cycles": cycles,
+            "verilator_cycles_per_second": round(cycles / fast["seconds"]),
+            "verilator_end_to_end_cycles_per_second": round(cycles / fast_wall),
+            "cocotb_cycles_per_second": round(cycles / cocotb_wall),
+            "demo_tokens": tokens, "demo_wall_seconds": round(demo_s, 2), "demo_tokens_per_s": demo["tokens_per_s"],
+            "demo_cycles": t.stats["cycles"], "demo_cycles_per_second": round(t.stats["cycles"] / t.stats["seconds"]),
+            "note": "verilator: Tritium's C++ harness (sim/harness/), cycles/s while simulating; end to end "
+                    "includes the host and the pty; cocotb: sim/tb_device.py, wall time of the same requests"}
+
+
 def host_throughput(shapes, repeats=20):
     """The golden backend (Accelerator over GoldenTransport: protocol + golden model) against numpy's
     float32 matrix-vector product, microseconds per product."""
@@ -196,16 +264,15 @@ def host_throughput(shapes, repeats=20):
 # -- modeled tokens/s and projections ---------------------------------------------------------------
 
 def link_model(params, shapes, *, clock_hz, baud):
-    """Per token: link seconds (MATVEC request + reply bytes, 10 bits each) and compute seconds
-    (:func:`tritium.hw.device.matvec_device_cycles`: engine plus sequencer)."""
-    from ..hw import protocol as P
-    from ..hw.device import matvec_device_cycles
-    link_bits = 10 * sum(P.matvec_link_bytes(params, m, k) for _, m, k in shapes)
-    compute_cycles = sum(matvec_device_cycles(params, m, k) for _, m, k in shapes)
-    link_s, compute_s = link_bits / baud, compute_cycles / clock_hz
-    return {"link_s_per_token": link_s, "compute_s_per_token": compute_s,
-            "tokens_per_s": 1 / (link_s + compute_s), "bound": "link" if link_s > compute_s else "compute",
-            "compute_only_tokens_per_s": 1 / compute_s}
+    """Per token of products ``shapes`` (``[(name, M, K)]``): the cost model's
+    :func:`tritium.sim.cost.token_cost` (link and compute seconds, tokens/s, bound)."""
+    return cost.token_cost(params, [(m, k) for _, m, k in shapes], clock_hz=clock_hz, baud=baud)
+
+
+def modeled_tokens(board):
+    """The shipped model on ``board``'s engine (:data:`tritium.hw.boards.BOARDS`):
+    :func:`tritium.sim.cost.board_model`, the numbers ``tritium plan`` prints."""
+    return cost.board_model(BOARDS[board][1], [(m, k) for _, m, k in MODEL_SHAPES], board=board)
 
 
 def projections():
@@ -323,6 +390,7 @@ def write_report(res, out=OUT):
                                  ("compute-only tokens/s", lambda r: f"{r['compute_only_tokens_per_s']:.0f}")]),
           "## Simulator and host speed", "",
           f"Verilator under cocotb: {res['verilator']['cycles_per_second']} cycles/s ({res['verilator']['note']}).", "",
+          *_device_sim_text(res.get("device_sim")),
           _table(res["host"], [("shape", lambda r: f"{r['m']}x{r['k']}"),
                                ("golden backend µs (protocol + model)", lambda r: r["golden_backend_us"]),
                                ("golden matvec µs", lambda r: r["golden_matvec_us"]),
@@ -338,6 +406,18 @@ def write_report(res, out=OUT):
           "## Datapath alternatives", "", _alternatives_text(rows), "",
           "## Targets", "", res["targets"], ""]
     (out / "README.md").write_text("\n".join(md))
+
+
+def _device_sim_text(d):
+    """Report lines for :func:`device_sim_speed`'s results (none for an older results.json)."""
+    if not d:
+        return []
+    return [f"The simulated {d['device']} behind `SimTransport` ({d['workload']}, {d['workload_cycles']:,} cycles): "
+            f"{d['verilator_cycles_per_second']:,} cycles/s with the Verilator C++ harness "
+            f"({d['verilator_end_to_end_cycles_per_second']:,} end to end), {d['cocotb_cycles_per_second']:,} "
+            f"cycles/s under cocotb. `make demo` ({d['demo_tokens']} tokens): {d['demo_wall_seconds']} s wall time "
+            f"({d['demo_tokens_per_s']} tok/s; {d['demo_cycles']:,} device cycles at "
+            f"{d['demo_cycles_per_second']:,} cycles/s), after a one-time {d['build_seconds']:.0f} s build.", ""]
 
 
 def _alternatives_text(rows):
@@ -396,13 +476,10 @@ def report(seeds=(1, 2, 3), max_workers=None, configs=None):
     # depend on the depth; this memory exists only in simulation)
     roof_params = EngineParams(lanes=8, trits=4, packing="trit2", max_k=2048, weight_depth=1 << 17)
     roof = roofline(roof_params, shapes)
-    tokens = []
-    for board, clock, p in (("icebreaker", 12e6, CONFIGS["up5k-spram"]),
-                            ("ulx3s-85f", 25e6, BOARDS["ulx3s-85f"][1])):
-        tokens.append({"board": board, "clock_mhz": clock / 1e6,
-                       **link_model(p, MODEL_SHAPES, clock_hz=clock, baud=1_000_000)})
+    tokens = [modeled_tokens(board) for board in BOARDS]
     res = {"date": datetime.date.today().isoformat(), "seeds": list(seeds), "pnr_runs": pnr, "pnr": rows,
            "roofline": roof, "tokens": tokens, "verilator": verilator_speed(),
+           "device_sim": device_sim_speed(),
            "host": host_throughput([("square", n, n) for n in (256, 512, 1024, 2048)]),
            "projection": projections(), "targets": _targets_text(rows, roof)}
     write_report(res)

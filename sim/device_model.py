@@ -5,8 +5,6 @@ device (:class:`tritium.hw.device.LinkDevice`) does; the gateware is tested agai
 byte equality, and the host's ``golden`` transport talks to it.
 """
 
-import struct
-
 import numpy as np
 
 from ..hw import protocol as P
@@ -20,7 +18,10 @@ class DeviceModel:
 
     ``feed(data) -> bytes`` processes request bytes and returns every reply they caused;
     ``idle_timeout() -> bytes`` is what the device does when no byte arrives for the idle
-    timeout while a frame is part-way (nothing, between frames).
+    timeout: a TIMEOUT error while a frame is part-way (including while skipping the payload of a
+    frame refused for its length), nothing between frames.
+
+    TRIT2 code 3 (never written by the host) reads as weight 0, as in the gateware.
     """
 
     def __init__(self, params, *, clock_hz=12_000_000):
@@ -38,6 +39,7 @@ class DeviceModel:
         self._hdr = bytearray()
         self._payload = bytearray()
         self._crc = bytearray()
+        self._skip = 0
 
     # -- byte parser (the same states as the gateware's) ------------------------------------
     def feed(self, data):
@@ -55,6 +57,12 @@ class DeviceModel:
         return self._error(seq, op, P.Err.TIMEOUT)
 
     def _byte(self, b):
+        if self._state == "skip":
+            # the payload and CRC of a frame refused for its length: never parsed as frames
+            self._skip -= 1
+            if not self._skip:
+                self._state = "hunt"
+            return b""
         if self._state == "hunt":
             if b == P.SYNC:
                 self._state, self._hdr, self._payload, self._crc = "header", bytearray(), bytearray(), bytearray()
@@ -65,7 +73,7 @@ class DeviceModel:
                 return b""
             length = self._hdr[2] | self._hdr[3] << 8
             if length > self.max_payload:
-                self._state = "hunt"
+                self._state, self._skip = "skip", length + 2
                 return self._error(self._hdr[0], self._hdr[1], P.Err.BAD_LENGTH)
             self._state = "payload" if length else "crc"
             return b""
@@ -91,7 +99,7 @@ class DeviceModel:
     def _error(self, seq, op, code):
         self.errors = (self.errors + 1) & 0xFFFF
         self.last_error = int(code)
-        return P.encode_frame(seq, P.ERROR, bytes([int(code), op, self.expected]))
+        return P.encode_frame(seq, P.ERROR, P.ERROR_LAYOUT.pack(int(code), op, self.expected))
 
     # -- commands -----------------------------------------------------------------------------
     def _execute(self, seq, op, payload):
@@ -116,7 +124,7 @@ class DeviceModel:
         if op == P.Op.STATUS:
             if n:
                 return self._error(seq, op, P.Err.BAD_LENGTH)
-            status = struct.pack("<HHB", self.frames_ok, self.errors, self.last_error)
+            status = P.STATUS_LAYOUT.pack(self.frames_ok, self.errors, self.last_error)
             return self._reply(seq, op, status)
         if op == P.Op.WRITE_WEIGHTS:
             if n < 2 + self.word_bytes or (n - 2) % self.word_bytes:
@@ -131,13 +139,13 @@ class DeviceModel:
                 self.memory[addr + i] = int.from_bytes(chunk, "little") & mask
             return self._reply(seq, op)
         if op == P.Op.SET_SLOT:
-            if n != 7:
+            if n != P.SET_SLOT_LAYOUT.size:
                 return self._error(seq, op, P.Err.BAD_LENGTH)
-            slot, base, rows, chunks = struct.unpack("<BHHH", payload)
+            slot, base, rows, chunks = P.SET_SLOT_LAYOUT.unpack(payload)
             if slot >= P.SLOTS:
                 return self._error(seq, op, P.Err.BAD_SLOT)
             words = -(-rows // p.lanes) * chunks
-            if not rows or not chunks or rows > p.max_rows or chunks > p.max_chunks \
+            if not rows or not chunks or rows > P.max_link_rows(p) or chunks > p.max_chunks \
                     or base + words > p.weight_depth:
                 return self._error(seq, op, P.Err.OUT_OF_RANGE)
             self.slots[slot] = (base, rows, chunks)

@@ -11,11 +11,9 @@ import sys
 import textwrap
 
 from ..hw.params import CONFIGS, EngineParams
+from ..paths import build_dir
 
 __all__ = ["PROOFS", "run_proof", "main"]
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-BUILD = ROOT / "build" / "formal"
 
 #: name -> (harness class name, params, sby mode, depth)
 PROOFS = {
@@ -33,7 +31,7 @@ def run_proof(name, *, harness, params, mode, depth, timeout=600, **harness_kwar
 
     from ..hw import formal
 
-    work = BUILD / name
+    work = build_dir("formal", name)
     work.mkdir(parents=True, exist_ok=True)
     top = getattr(formal, harness)(params=params, **harness_kwargs)
     (work / "top.il").write_text(rtlil.convert(top, name="top", emit_src=False))

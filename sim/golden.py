@@ -27,7 +27,7 @@ import enum
 import numpy as np
 
 __all__ = [
-    "TritiumValueError", "Packing",
+    "TritiumValueError", "Packing", "PACKING_CODES",
     "TRIT_CODE_NEG", "TRIT_CODE_ZERO", "TRIT_CODE_POS", "INT8_MIN", "INT8_MAX",
     "BASE3_TRITS_PER_BYTE", "ROUNDING",
     "check_ternary", "check_int8", "acc_width", "acc_bound", "partial_width", "matvec",
@@ -61,6 +61,24 @@ class Packing(enum.Enum):
     @property
     def bits_per_group(self):
         return 2 if self is Packing.TRIT2 else 8
+
+    @property
+    def code(self):
+        """The packing's number on the link (the IDENTIFY reply's ``packing`` byte):
+        :data:`PACKING_CODES`."""
+        return PACKING_CODES[self]
+
+    @classmethod
+    def from_code(cls, code):
+        """The packing whose :attr:`code` is ``code``; :class:`TritiumValueError` for an unknown code."""
+        for packing, c in PACKING_CODES.items():
+            if c == code:
+                return packing
+        raise TritiumValueError(f"packing code {code!r} is not one of {sorted(PACKING_CODES.values())}")
+
+
+#: Link protocol code of each packing (``docs/protocol.md``, IDENTIFY): the one table.
+PACKING_CODES = {Packing.TRIT2: 0, Packing.BASE3: 1}
 
 
 TRIT_CODE_NEG = 0
@@ -410,3 +428,217 @@ def bitlinear(x, wq, s_w, matvec_fn=None):
     xq, s_x = quantize_activations(x)
     y = (matvec_fn or matvec)(wq, xq)
     return dequantize(y, s_x[..., 0] if np.ndim(s_x) else s_x, s_w)
+
+
+# -- Fixed-point arithmetic of the on-chip LM step ------------------------------------------------
+#
+# Every function below works on int64 numpy arrays with any leading (batch) axes; vector ops act on
+# the last axis, "scalars" keep it as size 1. Values are exact integers: each function is what
+# one vector-unit instruction (or one scalar-unit step) computes, bit for bit. The prose is
+# ``docs/arithmetic.md``, "The on-chip LM step".
+
+#: Vector values are Q16.16 fixed point in int32: real value = v / 2**16.
+FIX_FRAC = 16
+FIX_ONE = 1 << FIX_FRAC
+INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
+#: The sum of squares of a vector is taken over ``v >> SUMSQ_SHIFT`` (so that MAX_VECTOR squares
+#: of int32 values stay below 2**62 in a 64-bit accumulator).
+SUMSQ_SHIFT = 5
+#: Largest vector length of the LM step (BitLinear K, hidden, GLU intermediate).
+MAX_VECTOR = 512
+#: Sigmoid table: ``SIGMOID_ENTRIES`` samples over ``[-SIGMOID_RANGE, SIGMOID_RANGE)`` (real units),
+#: indexed by the top bits of a Q16.16 value; entries are Q0.16.
+SIGMOID_ENTRIES = 512
+SIGMOID_RANGE = 8
+#: Normalised widths of the quantizer's and the rescale's scalars.
+QUANT_NORM_BITS = 15
+RECIP_SHIFT = 30
+RSQRT_NORM_BITS = 16
+GAIN_SHIFT = 8
+#: exp table for sampling: ``2**(-j/EXP2_ENTRIES)`` in Q0.16 (entry 0 is ``1.0 = 65536``).
+EXP2_ENTRIES = 256
+LOG2E_Q16 = 94548            # round(log2(e) * 2**16)
+
+
+def sat32(x):
+    """Saturate to the int32 range (every vector write does this)."""
+    return np.clip(np.asarray(x, np.int64), INT32_MIN, INT32_MAX)
+
+
+SHIFT_LIMIT = 1 << 62
+
+
+def shift_round(x, s):
+    """``x / 2**s`` rounded half up (``floor((x + 2**(s-1)) / 2**s)``) for ``s > 0`` (a shift of
+    63 or more gives the same as 63: 0 for ``|x| < 2**62``); ``x * 2**-s`` for ``s <= 0``, exact
+    but clamped to ``+-2**62`` (every caller saturates to int32 next, so the clamp never shows).
+    ``s`` may be an array (per batch element). Inputs satisfy ``|x| < 2**62``."""
+    x = np.asarray(x, np.int64)
+    s = np.asarray(s, np.int64)
+    pos = np.minimum(np.maximum(s, 0), 63)
+    half = np.where(s > 0, np.left_shift(np.int64(1), np.maximum(pos - 1, 0)), 0)
+    k = np.minimum(np.maximum(-s, 0), 63)
+    lim = np.right_shift(np.int64(SHIFT_LIMIT), np.minimum(k, 62)) * (k < 63)
+    left = np.where(np.abs(x) > lim, np.sign(x) * SHIFT_LIMIT, np.left_shift(x, np.minimum(k, 62)))
+    return np.where(s > 0, np.right_shift(x + half, pos), left)
+
+
+def bit_length(x):
+    """Bits of a non-negative int64 (0 for 0), exactly: the index of the leading one plus one."""
+    x = np.asarray(x, np.int64)
+    n = np.zeros(x.shape, np.int64)
+    for k in range(63):
+        n += x >= (np.int64(1) << k)
+    return n
+
+
+def isqrt(x):
+    """``floor(sqrt(x))`` of int64 ``0 <= x < 2**62``, exactly (the scalar unit's bit-serial root)."""
+    x = np.asarray(x, np.int64)
+    r = np.floor(np.sqrt(x.astype(np.float64))).astype(np.int64)
+    for _ in range(2):
+        r = np.where(r * r > x, r - 1, r)
+        r = np.where((r + 1) * (r + 1) <= x, r + 1, r)
+    return r
+
+
+def bfp_constant(values, bits):
+    """A constant vector as block floating point: ``(mantissas int64, shift)`` with
+    ``value ~= m / 2**shift``, ``|m| < 2**(bits-1)``, every mantissa rounded half to even from the
+    float32 value. The shift is the largest that keeps the biggest magnitude in range (0 for an
+    all-zero vector); a Q16.16 vector times it is :func:`mul_const`."""
+    v = np.asarray(values, np.float64)
+    if v.size == 0 or not np.all(np.isfinite(v)):
+        raise TritiumValueError("a constant vector must be non-empty and finite")
+    big = float(np.max(np.abs(v)))
+    if big == 0:
+        return np.zeros(v.shape, np.int64), 0
+    shift = (bits - 1) - int(np.floor(np.log2(big))) - 1
+    m = np.round(v * 2.0 ** shift).astype(np.int64)
+    while np.max(np.abs(m)) >= (1 << (bits - 1)):
+        shift -= 1
+        m = np.round(v * 2.0 ** shift).astype(np.int64)
+    return m, shift
+
+
+def mul_const(v, m, shift):
+    """Q16.16 vector times a constant vector (:func:`bfp_constant`): ``sat32(shift_round(v*m, shift))``."""
+    return sat32(shift_round(np.asarray(v, np.int64) * np.asarray(m, np.int64), shift))
+
+
+def mul_fix(a, b):
+    """Q16.16 times Q16.16: ``sat32(shift_round(a*b, 16))``."""
+    return sat32(shift_round(np.asarray(a, np.int64) * np.asarray(b, np.int64), FIX_FRAC))
+
+
+def add_fix(a, b):
+    return sat32(np.asarray(a, np.int64) + np.asarray(b, np.int64))
+
+
+def sum_squares(v):
+    """``sum((v >> SUMSQ_SHIFT)**2)`` over the last axis (arithmetic shift: floor), keepdims."""
+    v = np.right_shift(np.asarray(v, np.int64), SUMSQ_SHIFT)
+    if v.shape[-1] > MAX_VECTOR:
+        raise TritiumValueError(f"vector of {v.shape[-1]} elements; the LM step takes at most {MAX_VECTOR}")
+    return np.sum(v * v, axis=-1, keepdims=True)
+
+
+def max_abs(v):
+    return np.max(np.abs(np.asarray(v, np.int64)), axis=-1, keepdims=True)
+
+
+def normalize(x, bits):
+    """``(m, s)`` with ``m = floor(x / 2**s)`` holding exactly ``bits`` bits (``2**(bits-1) <= m <
+    2**bits``) for ``x > 0``; ``s`` may be negative (a left shift, exact). ``x = 0`` gives ``(0, 0)``."""
+    x = np.asarray(x, np.int64)
+    s = np.where(x > 0, bit_length(x) - bits, 0)
+    m = np.where(s >= 0, np.right_shift(x, np.maximum(s, 0)), np.left_shift(x, np.maximum(-s, 0)))
+    return m, s
+
+
+def sigmoid_table():
+    """The sigmoid ROM: entry ``i`` is ``round(2**16 * sigmoid(x_i))`` (half to even) at the centre
+    ``x_i = (i - N/2 + 1/2) * 2R/N`` of its interval, ``N = SIGMOID_ENTRIES``, ``R = SIGMOID_RANGE``."""
+    i = np.arange(SIGMOID_ENTRIES, dtype=np.float64)
+    x = (i - SIGMOID_ENTRIES / 2 + 0.5) * (2 * SIGMOID_RANGE / SIGMOID_ENTRIES)
+    return np.round(FIX_ONE / (1 + np.exp(-x))).astype(np.int64)
+
+
+_SIGMOID = sigmoid_table()
+_SIGMOID_SHIFT = FIX_FRAC - (SIGMOID_ENTRIES // (2 * SIGMOID_RANGE)).bit_length() + 1
+
+
+def sigmoid_fix(x):
+    """Q16.16 sigmoid, Q0.16 result: ``T[clamp((x >> s) + N/2, 0, N-1)]`` with ``2**-s`` real
+    units per entry (``s = 11`` for 512 entries over [-8, 8))."""
+    i = np.clip(np.right_shift(np.asarray(x, np.int64), _SIGMOID_SHIFT) + SIGMOID_ENTRIES // 2, 0,
+                SIGMOID_ENTRIES - 1)
+    return _SIGMOID[i]
+
+
+def silu_fix(x):
+    """``mul_fix(x, sigmoid_fix(x))``."""
+    return mul_fix(x, sigmoid_fix(x))
+
+
+def quantize_fix(u, m):
+    """Absmax int8 quantization of a Q16.16 vector ``u`` whose max magnitude is ``m`` (keepdims):
+    normalise ``m`` to ``QUANT_NORM_BITS`` bits (``mn = m >> s``, ``un = u >> s``, floor; a left
+    shift when ``s < 0``), reciprocal ``q = floor(127 * 2**30 / mn)``, then
+    ``xq = clamp(shift_round(un * q, 30), -127, 127)``. ``m = 0`` gives zeros. int8 out."""
+    u = np.asarray(u, np.int64)
+    mn, s = normalize(m, QUANT_NORM_BITS)
+    un = np.where(s >= 0, np.right_shift(u, np.maximum(s, 0)), np.left_shift(u, np.maximum(-s, 0)))
+    q = np.where(mn > 0, (127 << RECIP_SHIFT) // np.maximum(mn, 1), 0)
+    return np.clip(shift_round(un * q, RECIP_SHIFT), -127, 127).astype(np.int8)
+
+
+def rescale_gain(m, ss, c_m, c_shift):
+    """The scalar gain that turns a BitLinear's exact product into Q16.16: ``(g, shift)`` with
+    ``y = sat32(shift_round(acc * g, shift))`` and ``y/2**16 ~= acc * (m/2**16) * C / sqrt(ss)``,
+    where ``m`` is the quantizer's max (keepdims), ``ss`` the input's :func:`sum_squares`, and the
+    compile-time constant ``C = c_m / 2**c_shift`` (a ``RSQRT_NORM_BITS``-bit mantissa).
+    Steps: ``ss`` is first scaled by ``4**k``, ``k = max(0, (61 - bit_length(ss)) // 2)``, so that
+    its root has 30 or 31 bits; ``r = isqrt(ss * 4**k)`` normalised to ``rn`` (16 bits, shift
+    ``rs``); ``m`` to ``mn`` (15 bits, shift ``ms``); ``g = floor(mn * c_m * 2**8 / rn)`` (24 bits);
+    ``shift = 8 + c_shift - ms + rs - k``. ``m = 0`` or ``ss = 0`` gives ``g = 0``."""
+    mn, ms = normalize(m, QUANT_NORM_BITS)
+    ss = np.asarray(ss, np.int64)
+    k = np.maximum(0, (61 - bit_length(ss)) // 2)
+    rn, rs = normalize(isqrt(np.left_shift(ss, 2 * k)), RSQRT_NORM_BITS)
+    rs = rs - k
+    ok = (mn > 0) & (rn > 0)
+    g = np.where(ok, np.left_shift(mn * np.int64(c_m), GAIN_SHIFT) // np.maximum(rn, 1), 0)
+    return g, GAIN_SHIFT + c_shift - ms + rs
+
+
+def rescale_fix(acc, g, shift):
+    return sat32(shift_round(np.asarray(acc, np.int64) * g, shift))
+
+
+def exp2_table():
+    """``round(2**16 * 2**(-j / EXP2_ENTRIES))`` for ``j`` in ``0 .. EXP2_ENTRIES-1`` (half to even)."""
+    j = np.arange(EXP2_ENTRIES, dtype=np.float64)
+    return np.round(FIX_ONE * 2.0 ** (-j / EXP2_ENTRIES)).astype(np.int64)
+
+
+_EXP2 = exp2_table()
+
+
+def exp_neg_fix(x):
+    """``exp(-x)`` for Q16.16 ``x >= 0``, as Q0.16: ``t = shift_round(x * LOG2E_Q16, 16)``,
+    ``E[(t & 0xffff) >> 8] >> (t >> 16)`` (0 once the shift reaches 17)."""
+    t = shift_round(np.asarray(x, np.int64) * LOG2E_Q16, FIX_FRAC)
+    n = np.right_shift(t, FIX_FRAC)
+    e = _EXP2[np.right_shift(np.bitwise_and(t, FIX_ONE - 1), FIX_FRAC - 8)]
+    return np.where(n >= 17, 0, np.right_shift(e, np.minimum(n, 17)))
+
+
+def xorshift32(state):
+    """One step of Marsaglia's xorshift32 (13, 17, 5) on a non-zero uint32 state; returns the new
+    state, which is also the draw."""
+    x = int(state) & 0xFFFFFFFF
+    x ^= (x << 13) & 0xFFFFFFFF
+    x ^= x >> 17
+    x ^= (x << 5) & 0xFFFFFFFF
+    return x

@@ -3,8 +3,10 @@
 Run by ``python -m tritium.sim.runner --serve-device NAME``. Bytes the host writes to the pty
 go to the device's ``rx`` stream; bytes on ``tx`` go back to the host. Simulated time only
 advances while there is something to do, so a slow host never trips the device's inter-byte
-timeout; if the host goes quiet in the middle of a frame, the simulation runs the timeout out,
-as a board would when its host disconnects.
+timeout; if the host goes quiet in the middle of a frame (or while the device skips the payload
+of a frame refused for its length), the simulation runs the timeout out, as a board would when
+its host disconnects. Hosts resynchronise by staying quiet for longer than :data:`QUIET_S`
+(``SimTransport.quiet_s``).
 """
 
 import collections
@@ -40,10 +42,17 @@ async def serve(dut):
     dut._log.info(f"device on {os.ttyname(slave)}")
     pending = collections.deque()
     out = bytearray()
+    # the device waits on the host: idle between frames, or part-way through one (in_frame) with
+    # no byte offered in the last cycle; only then does the host's pace matter
+    waiting = True
     while True:
-        busy = bool(dut.busy.value)
-        if not pending and not out:
-            ready, _, _ = select.select([master], [], [], QUIET_S if not busy else 0)
+        in_frame = bool(dut.in_frame.value)
+        if waiting and not pending and out:
+            os.write(master, bytes(out))
+            out.clear()
+        timing_out = False
+        if not pending:
+            ready, _, _ = select.select([master], [], [], QUIET_S if waiting else 0)
             if ready:
                 try:
                     pending.extend(os.read(master, 4096))
@@ -51,30 +60,28 @@ async def serve(dut):
                     pass
                 except OSError:
                     return  # the other side is gone
-            elif busy:
-                pass
-            elif not pending:
-                # quiet host: if a frame is part-way, let the device's timeout run out
-                if dut.in_frame.value:
-                    for _ in range(timeout_cycles + 2):
-                        await FallingEdge(dut.clk)
-                continue
-        # run a burst of cycles
-        for _ in range(256):
+            elif waiting and not in_frame:
+                continue    # idle device, quiet host
+            elif waiting:
+                timing_out = True  # quiet host part-way through a frame: run the timeout out
+        # run a burst of cycles (or, timing out, until the device is idle again)
+        for _ in range(timeout_cycles + 256 if timing_out else 256):
             await FallingEdge(dut.clk)
-            dut.rx__valid.value = 1 if pending else 0
-            if pending:
+            offered = bool(pending)
+            dut.rx__valid.value = 1 if offered else 0
+            if offered:
                 dut.rx__payload.value = pending[0]
             await ReadOnly()
-            if pending and dut.rx__ready.value:
+            if offered and dut.rx__ready.value:
                 pending.popleft()
             if dut.tx__valid.value:
                 out.append(int(dut.tx__payload.value))
-            if not pending and not dut.busy.value:
+            busy = bool(dut.busy.value)
+            waiting = not offered and (not busy or bool(dut.in_frame.value))
+            if waiting and not timing_out:
                 break
-        if out and not dut.busy.value:
-            os.write(master, bytes(out))
-            out.clear()
-        elif len(out) >= 4096:
+            if timing_out and not busy:
+                break
+        if len(out) >= 4096:
             os.write(master, bytes(out))
             out.clear()

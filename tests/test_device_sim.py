@@ -62,10 +62,28 @@ def session(params, rng):
 def test_session_matches_model(name):
     p = CONFIGS[name]
     rng = np.random.default_rng(3)
-    got = check_session(p, session(p, rng), seed=5)
-    # and the session really computed: every MATVEC reply is the golden product
-    frames = P.FrameDecoder().feed(got)
-    assert [op for _, op, _ in frames].count(P.Op.MATVEC | P.REPLY) == 4
+    events = session(p, rng)
+    got = check_session(p, events, seed=5)
+    # and the session really computed: read the matrix and vectors back out of the request frames
+    # (with the golden unpacker) and compute each product with the golden model
+    requests = P.FrameDecoder().feed(b"".join(events))
+    (write,) = [body for _, op, body in requests if op == P.Op.WRITE_WEIGHTS]
+    (set_slot,) = [body for _, op, body in requests if op == P.Op.SET_SLOT]
+    _, base, rows, chunks = P.SET_SLOT_LAYOUT.unpack(set_slot)
+    wb = -(-p.word_bits // 8)
+    addr = int.from_bytes(write[:2], "little")
+    words = [int.from_bytes(write[i:i + wb], "little") for i in range(2, len(write), wb)]
+    w = golden.weights_from_words(words[base - addr:], rows, chunks * p.trits, lanes=p.lanes, trits=p.trits,
+                                  packing=p.packing)
+    products = {seq: golden.matvec(w, np.frombuffer(body[1:], np.int8))
+                for seq, op, body in requests if op == P.Op.MATVEC}
+    # every MATVEC was answered with its own seq, and each reply's values are that golden product
+    replies = {seq: body for seq, op, body in P.FrameDecoder().feed(got) if op == P.Op.MATVEC | P.REPLY}
+    assert sorted(replies) == sorted(products) and len(products) == 4
+    ab = P.acc_bytes(p)
+    for seq, body in replies.items():
+        values = [int.from_bytes(body[i:i + ab], "little", signed=True) for i in range(0, len(body), ab)]
+        assert values == products[seq].tolist(), f"MATVEC seq {seq}"
 
 
 def test_errors_match_model_and_device_stays_usable():

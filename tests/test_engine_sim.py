@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 from amaranth.hdl import ClockDomain, Module
-from amaranth.sim import Simulator
 
 from tritium.hw.engine import TernaryMatVec, TritDot, product_cycles
 from tritium.hw.layouts import EngineLayouts, Trit
@@ -14,13 +13,6 @@ from tritium.sim.amaranth_tb import (Stalls, measure_product_cycles, run_engine_
 from tritium.sim.golden import TritiumValueError
 
 SIM_CONFIGS = ["tiny", "odd", "default", "wide", "base3", "default-reg"]
-
-
-def random_shape(rng, p, max_m=24, max_k=48):
-    m, k = int(rng.integers(1, max_m + 1)), int(rng.integers(1, min(max_k, p.max_k) + 1))
-    while p.words_for(m, k) > p.weight_depth:
-        m, k = max(1, m // 2), max(1, k // 2)
-    return m, k
 
 
 def check_products(p, jobs, seed, stall_prob=0.3):
@@ -35,26 +27,22 @@ def check_products(p, jobs, seed, stall_prob=0.3):
         assert lasts == [False] * (tiles - 1) + [True]
 
 
-def test_spram_weight_memory_model():
+def test_spram_weight_memory_model(random_job):
     # SPRAM-backed weights (behavioural SB_SPRAM256KA model, 3 x 16-bit banks for a 48-bit word)
     p = EngineParams(lanes=4, trits=6, packing="trit2", max_k=60, weight_depth=64, memory="spram")
     assert p.spram_count == 3
     rng = np.random.default_rng(21)
-    jobs = [(rng.integers(-1, 2, (m, k)), [rng.integers(-128, 128, k) for _ in range(3)])
-            for m, k in [(9, 60), (1, 1), (16, 13)]]
+    jobs = [random_job(rng, m, k) for m, k in [(9, 60), (1, 1), (16, 13)]]
     check_products(p, jobs, seed=21)
 
 
 @pytest.mark.parametrize("name", SIM_CONFIGS)
 @pytest.mark.parametrize("stall_prob", [0.0, 0.4])
-def test_random_products(name, stall_prob):
+def test_random_products(name, stall_prob, random_shape, random_job):
     p = CONFIGS[name]
     seed = 1000 + SIM_CONFIGS.index(name) * 10 + int(stall_prob * 10)
     rng = np.random.default_rng(seed)
-    jobs = []
-    for _ in range(4):
-        m, k = random_shape(rng, p)
-        jobs.append((rng.integers(-1, 2, (m, k)), [rng.integers(-128, 128, k) for _ in range(3)]))
+    jobs = [random_job(rng, *random_shape(rng, p)) for _ in range(4)]
     check_products(p, jobs, seed, stall_prob)
 
 
@@ -88,7 +76,7 @@ def test_largest_product_that_fits(name):
     check_products(p, [(w, [np.full(k, -128), rng.integers(-128, 128, k)])], seed=11, stall_prob=0.2)
 
 
-def test_tritdot_matches_golden_exhaustively_for_one_trit():
+def test_tritdot_matches_golden_exhaustively_for_one_trit(simulate):
     # every code (including the invalid 3, which acts as zero) against every int8
     dot = TritDot(trits=1, packing="trit2")
     seen = []
@@ -102,10 +90,8 @@ def test_tritdot_matches_golden_exhaustively_for_one_trit():
                 await ctx.tick()
                 seen.append((code, x, ctx.get(dot.partial) + ctx.get(dot.carry)))
 
-    sim = Simulator(dot)
-    sim.add_clock(1e-6)
-    sim.add_testbench(tb)
-    sim.run()
+    simulate(dot, tb)
+    assert len(seen) == 4 * 256
     for code, x, got in seen:
         w = code - 1 if code < 3 else 0
         assert got == w * x
@@ -127,7 +113,7 @@ def test_layouts_match_golden_packer():
         assert lay.activation_bits(x) == golden.activation_words(x, trits=p.trits)[0]
 
 
-def test_reset_in_the_middle_of_a_product():
+def test_reset_in_the_middle_of_a_product(simulate):
     p = CONFIGS["odd"]
     engine = TernaryMatVec(params=p)
     lay = engine.layouts
@@ -162,29 +148,91 @@ def test_reset_in_the_middle_of_a_product():
     top = Module()
     top.domains.sync = cd = ClockDomain()
     top.submodules.engine = engine
-    sim = Simulator(top)
-    sim.add_clock(1e-6)
-    sim.add_testbench(tb)
-    sim.run()
+    simulate(top, tb)
     assert results == golden.matvec(w, x).tolist()
 
 
-def test_empty_command_is_dropped():
+def test_empty_command_is_dropped(simulate):
     p = CONFIGS["tiny"]
     engine = TernaryMatVec(params=p)
     lay = engine.layouts
+    w = np.array([[1], [-1], [0]])
+    results = []
 
     async def tb(ctx):
+        for addr, word in enumerate(golden.weight_words(w, lanes=p.lanes, trits=p.trits, packing=p.packing)):
+            await stream_put(ctx, engine.wr, lay.weight_write_bits(addr=addr, word=word))
         # rows = 0 and chunks = 0 commands are consumed without starting a product
         await stream_put(ctx, engine.cmd, lay.command_bits(base=0, rows=0, chunks=1))
         await stream_put(ctx, engine.cmd, lay.command_bits(base=0, rows=1, chunks=0))
         await ctx.tick()
         assert not ctx.get(engine.busy) and ctx.get(engine.cmd.ready)
+        # with the result stream ready, nothing is offered on it for a while
+        ctx.set(engine.res.ready, 1)
+        await ctx.tick().repeat(40)
+        ctx.set(engine.res.ready, 0)
+        # and a real command after them still gives exactly its own rows
+        await stream_put(ctx, engine.cmd, lay.command_bits(base=0, rows=3, chunks=1))
+        await stream_put(ctx, engine.act, lay.activation_bits(np.array([-7])))
+        while len(results) < 3:
+            results.extend(lay.decode_result(await stream_get(ctx, engine.res))[0])
+        await ctx.tick().repeat(20)
 
-    sim = Simulator(engine)
-    sim.add_clock(1e-6)
-    sim.add_testbench(tb)
-    sim.run()
+    trace = simulate(engine, tb, watch={"valid": engine.res.valid, "ready": engine.res.ready}, max_cycles=2000)
+    # the empty commands produced no result: `res.valid` stayed low through the 40 cycles of
+    # `ready` that followed them, up to the real product's first tile
+    first = trace["valid"].index(1)
+    assert sum(trace["ready"][:first]) >= 40
+    # the real product: three rows, one tile each, taken once; nothing offered after the last
+    transfers = [v & r for v, r in zip(trace["valid"], trace["ready"])]
+    assert sum(transfers) == 3
+    last = len(transfers) - 1 - transfers[::-1].index(1)
+    assert not any(trace["valid"][last + 1:])
+    assert results == [-7, 7, 0]
+
+
+@pytest.mark.parametrize("name", ["tiny", "odd", "default-reg"])
+def test_result_stream_rules(name, simulate):
+    # each tile is offered once and held (valid and payload unchanged) until it is taken; after the
+    # product's last tile `res.valid` stays low, however long the consumer keeps `ready` high
+    p = CONFIGS[name]
+    engine = TernaryMatVec(params=p)
+    lay = engine.layouts
+    rng = np.random.default_rng(31)
+    m, k = 2 * p.lanes + 1, 2 * p.trits + 1
+    w, x = rng.integers(-1, 2, (m, k)), rng.integers(-128, 128, k)
+    tiles = -(-m // p.lanes)
+    results = []
+
+    async def tb(ctx):
+        for addr, word in enumerate(golden.weight_words(w, lanes=p.lanes, trits=p.trits, packing=p.packing)):
+            await stream_put(ctx, engine.wr, lay.weight_write_bits(addr=addr, word=word))
+        words = golden.activation_words(x, trits=p.trits)
+        await stream_put(ctx, engine.cmd, lay.command_bits(base=0, rows=m, chunks=len(words)))
+        for word in words:
+            await stream_put(ctx, engine.act, word)
+        # a slow consumer: it lets each offered tile wait a few cycles (ready low) before taking it
+        for _ in range(tiles):
+            await ctx.tick().until(engine.res.valid)
+            await ctx.tick().repeat(int(rng.integers(1, 6)))
+            results.extend(lay.decode_result(await stream_get(ctx, engine.res))[0])
+        ctx.set(engine.res.ready, 1)
+        await ctx.tick().repeat(60)
+
+    trace = simulate(engine, tb, watch={"valid": engine.res.valid, "ready": engine.res.ready,
+                                        "payload": engine.res.payload.as_value()}, max_cycles=5000)
+    valid, ready, payload = trace["valid"], trace["ready"], trace["payload"]
+    # the values are the golden product
+    assert results == golden.matvec(w, x).tolist()
+    # a tile offered but not taken is still offered, unchanged, the next cycle
+    held = [i for i in range(len(valid) - 1) if valid[i] and not ready[i]]
+    assert len(held) >= tiles, "the consumer did not stall every offered tile"
+    assert all(valid[i + 1] and payload[i + 1] == payload[i] for i in held)
+    # exactly one transfer per tile, and nothing offered after the last one
+    transfers = [i for i in range(len(valid)) if valid[i] and ready[i]]
+    assert len(transfers) == tiles
+    assert not any(valid[transfers[-1] + 1:])
+    assert len(valid) - transfers[-1] > 50
 
 
 @pytest.mark.parametrize("kwargs, msg", [

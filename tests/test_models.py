@@ -284,8 +284,9 @@ def test_more_matrices_than_slots_rebind_slots():
 
 # -- BitNet b1.58: Hugging Face packed and GGUF ---------------------------------------------------
 
-def bitnet_reference(t, c, tokens, rope):
-    """BitNet forward in float64 from effective weights ``t`` (HF key names, projections as floats)."""
+def bitnet_reference(t, c, tokens):
+    """BitNet forward in float64 from effective weights ``t`` (HF key names, projections as floats);
+    RoPE rotates halves (Hugging Face ``rotate_half``, llama.cpp's NEOX mode)."""
     h_, nh, nkv = c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"]
     d, eps = h_ // nh, c["rms_norm_eps"]
     inv = 1 / (c["rope_theta"] ** (np.arange(0, d, 2) / d))
@@ -293,12 +294,8 @@ def bitnet_reference(t, c, tokens, rope):
 
     def rot(x, pos):
         cos, sin = np.cos(pos * inv), np.sin(pos * inv)
-        if rope == "half":
-            a, b = x[..., :d // 2], x[..., d // 2:]
-            return np.concatenate([a * cos - b * sin, b * cos + a * sin], -1)
-        y = x.copy()
-        y[..., 0::2], y[..., 1::2] = x[..., 0::2] * cos - x[..., 1::2] * sin, x[..., 1::2] * cos + x[..., 0::2] * sin
-        return y
+        a, b = x[..., :d // 2], x[..., d // 2:]
+        return np.concatenate([a * cos - b * sin, b * cos + a * sin], -1)
     for pos, tok in enumerate(tokens):
         h = t["model.embed_tokens.weight"][tok].astype(np.float64)
         for l in range(c["num_hidden_layers"]):
@@ -369,14 +366,18 @@ def test_hf_bitnet_checkpoint_runs_on_the_device(tmp_path, act):
     assert m.arch == "bitnet" and m.ternary_params == sum(w.size for w in trits.values())
     lm = m.bind(runner())
     toks = [5, 299, 0, 17, 17, 120]
-    close_logits([lm.step(x) for x in toks], bitnet_reference(effective(f, trits, scales), c, toks, "half"))
+    close_logits([lm.step(x) for x in toks], bitnet_reference(effective(f, trits, scales), c, toks))
 
 
-def _permute(w, heads):  # llama.cpp's converter: HF rotate_half rows -> GGML adjacent pairs
+def _permute(w, heads):  # q/k rows reordered for adjacent-pair RoPE (llama.cpp's LLaMA converter, not BitNet's)
     return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
 def write_gguf(path, c, f, trits, scales, *, arch="bitnet-25", types=("TQ2_0", "TQ1_0"), extra=None):
+    """A GGUF as llama.cpp's BitNet converter writes it: effective weights ``trit / s_w`` stored as
+    ``types`` in turn (TQ1_0, TQ2_0 or F32), q/k rows in Hugging Face order (not permuted), and
+    ``{arch}.vocab_size`` for llama.cpp's tokenizer-less vocabulary. Byte for byte a function of
+    its arguments (``tests/test_llamacpp.py`` checks a hash of it)."""
     gguf = pytest.importorskip("gguf")
     T = gguf.GGMLQuantizationType
     wr = gguf.GGUFWriter(str(path), arch)
@@ -388,6 +389,7 @@ def write_gguf(path, c, f, trits, scales, *, arch="bitnet-25", types=("TQ2_0", "
     wr.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", c["rms_norm_eps"])
     wr.add_float32(f"{arch}.rope.freq_base", c["rope_theta"])
     wr.add_uint32(f"{arch}.context_length", c["max_position_embeddings"])
+    wr.add_uint32(f"{arch}.vocab_size", c["vocab_size"])
     wr.add_string("tokenizer.ggml.model", "none")
     names = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
              "self_attn.attn_sub_norm": "attn_sub_norm", "mlp.ffn_sub_norm": "ffn_sub_norm",
@@ -406,10 +408,6 @@ def write_gguf(path, c, f, trits, scales, *, arch="bitnet-25", types=("TQ2_0", "
         wr.add_tensor(gname(n), a.astype(np.float32))
     for j, (n, w) in enumerate(trits.items()):
         w = w.astype(np.float32)
-        if n.endswith("q_proj"):
-            w = _permute(w, c["num_attention_heads"])
-        elif n.endswith("k_proj"):
-            w = _permute(w, c["num_key_value_heads"])
         kind = T[types[j % len(types)]]
         q = gguf.quants.quantize(w / scales[n], kind)
         wr.add_tensor(gname(n + ".weight"), q, raw_shape=q.shape, raw_dtype=kind)
@@ -422,21 +420,24 @@ def write_gguf(path, c, f, trits, scales, *, arch="bitnet-25", types=("TQ2_0", "
     return path
 
 
-def test_gguf_tq1_tq2_bitnet_matches_the_hf_checkpoint_of_the_same_model(tmp_path):
+def test_gguf_bitnet_matches_the_hf_checkpoint_of_the_same_model(tmp_path):
     c = dict(BITNET_CFG)
     f, trits, scales = random_bitnet(c, seed=4)
-    gm = load_model(write_gguf(tmp_path / "m.gguf", c, f, trits, scales))
+    gm = load_model(write_gguf(tmp_path / "m.gguf", c, f, trits, scales, types=("TQ2_0", "TQ1_0", "F32")))
     hm = load_model(write_hf(tmp_path, c, f, trits, scales))
     for name, lin in hm.linears.items():
         g = gm.linears[name]
-        assert g.wq.shape == lin.wq.shape
-        assert abs(g.s_w / lin.s_w - 1) < 1e-3  # fp16 block scale
-    toks = [1, 250, 7, 7, 99]
+        # the same trits in the same row order (q/k included: GGUF keeps Hugging Face's order)
+        assert np.array_equal(g.wq, lin.wq), name
+        # the same scale: TQ to its fp16 block scale, F32 effective weights exactly (not re-ternarized)
+        assert abs(g.s_w / lin.s_w - 1) < 1e-3, name
+    toks = [1, 250, 7, 7, 99, 3, 42, 180, 0, 64]
     g_lm, h_lm = gm.bind(runner()), hm.bind(runner())
     got_g = np.array([g_lm.step(x) for x in toks])
     got_h = np.array([h_lm.step(x) for x in toks])
+    # both files run as the same model at every position, and as the float reference
     close_logits(got_g, got_h)
-    close_logits(got_g, bitnet_reference(effective(f, trits, scales), c, toks, "half"))
+    close_logits(got_g, bitnet_reference(effective(f, trits, scales), c, toks))
 
 
 def test_gguf_projection_scale_tensor_multiplies_the_output(tmp_path):

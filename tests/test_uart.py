@@ -1,12 +1,15 @@
 """UART PHY at pin level, and the whole board device (UART + link + engine) driven through its pins."""
 
+import struct
+
 import numpy as np
 import pytest
-from amaranth.sim import Simulator
+from amaranth.hdl import Module
 
 from tritium.hw import protocol as P
 from tritium.hw.params import CONFIGS
 from tritium.hw.uart import UartLink, UartRx, UartTx
+from tritium.sim import golden
 from tritium.sim.amaranth_tb import stream_get, stream_put
 from tritium.sim.device_model import DeviceModel
 
@@ -36,7 +39,7 @@ async def recv_pin(ctx, pin, divisor, max_cycles=100_000):
 
 
 @pytest.mark.parametrize("divisor", [4, 12, 25])
-def test_uart_tx_to_rx_loopback(divisor):
+def test_uart_tx_to_rx_loopback(divisor, simulate):
     tx, rx = UartTx(divisor=divisor), UartRx(divisor=divisor)
     data = list(np.random.default_rng(divisor).integers(0, 256, 40))
     got = []
@@ -53,49 +56,78 @@ def test_uart_tx_to_rx_loopback(divisor):
         async for (value,) in ctx.changed(tx.tx):
             ctx.set(rx.rx, value)
 
-    from amaranth.hdl import Module
     m = Module()
     m.submodules.tx, m.submodules.rx = tx, rx
-    sim = Simulator(m)
-    sim.add_clock(1e-6)
-    sim.add_testbench(sender)
-    sim.add_testbench(receiver)
-    sim.add_process(wire)
-    sim.run_until(1e-6 * divisor * 10 * (len(data) + 5))
+    simulate(m, sender, receiver, processes=[wire], until=1e-6 * divisor * 10 * (len(data) + 5))
     assert got == [int(b) for b in data]
 
 
-def test_uart_rx_reports_framing_error():
-    rx = UartRx(divisor=8)
-    seen = []
+def test_uart_rx_reports_framing_error(simulate):
+    d = 8
+    rx = UartRx(divisor=d)
+    got = []
 
     async def tb(ctx):
         await ctx.tick().repeat(3)
-        # a byte whose stop bit is low is dropped with frame_error
+        # a byte whose stop bit is low is dropped with frame_error (the line goes low at cycle 3)
         for bit in [0] + [1] * 8 + [0]:
             ctx.set(rx.rx, bit)
-            for _ in range(8):
-                await ctx.tick()
-                seen.append(ctx.get(rx.frame_error))
+            await ctx.tick().repeat(d)
         ctx.set(rx.rx, 1)
         await ctx.tick().repeat(30)
-        assert not ctx.get(rx.data.valid)
+        # the receiver then takes the next, well-formed byte
+        await send_pin(ctx, rx.rx, 0xA5, d)
+        got.append(await stream_get(ctx, rx.data))
+        await ctx.tick().repeat(d)
 
-    sim = Simulator(rx)
-    sim.add_clock(1e-6)
-    sim.add_testbench(tb)
-    sim.run()
-    assert any(seen)
+    trace = simulate(rx, tb, watch={"frame_error": rx.frame_error, "valid": rx.data.valid,
+                                    "overrun": rx.overrun}, max_cycles=2000)
+    bad_byte_end = 3 + 10 * d + 30
+    # exactly one frame_error pulse, one cycle long, while the low stop bit is on the line
+    # (its middle, after the two-flop synchroniser: cycle 3 + 9.5 * d + 2)
+    pulses = [i for i, v in enumerate(trace["frame_error"]) if v]
+    assert len(pulses) == 1
+    assert 3 + 9 * d <= pulses[0] <= 3 + 10 * d + 2
+    # the bad byte never appeared on the data stream, and nothing was counted as an overrun
+    assert not any(trace["valid"][:bad_byte_end])
+    assert not any(trace["overrun"])
+    # the next byte arrived intact: the framing error did not desynchronise the receiver
+    assert got == [0xA5]
 
 
-def test_board_device_through_its_pins():
+def test_uart_rx_overrun_keeps_the_waiting_byte(simulate):
+    d = 6
+    rx = UartRx(divisor=d)
+    got = []
+
+    async def tb(ctx):
+        await ctx.tick().repeat(3)
+        # two bytes arrive while nobody takes the first: the first waits, the second is dropped
+        await send_pin(ctx, rx.rx, 0x3C, d)
+        await send_pin(ctx, rx.rx, 0xC3, d)
+        await ctx.tick().repeat(2 * d)
+        got.append(await stream_get(ctx, rx.data))
+        await ctx.tick().repeat(4 * d)
+
+    trace = simulate(rx, tb, watch={"overrun": rx.overrun, "valid": rx.data.valid,
+                                    "frame_error": rx.frame_error}, max_cycles=2000)
+    # one overrun pulse, during the second byte's stop bit; no framing error
+    pulses = [i for i, v in enumerate(trace["overrun"]) if v]
+    assert len(pulses) == 1
+    assert 3 + 19 * d <= pulses[0] <= 3 + 20 * d + 2
+    assert not any(trace["frame_error"])
+    # the byte taken is the first one, and nothing is offered after it
+    assert got == [0x3C]
+    taken = len(trace["valid"]) - 1 - trace["valid"][::-1].index(1)
+    assert not any(trace["valid"][taken + 1:])
+
+
+def test_board_device_through_its_pins(simulate):
     # IDENTIFY, SET/WRITE/MATVEC bytes serialised onto the rx pin; the tx pin's bytes equal the model's
     p = CONFIGS["tiny"]
     link = UartLink(params=p, clock_hz=1_000_000, baud=250_000)
     model = DeviceModel(p, clock_hz=1_000_000)
     w = np.array([[1], [-1], [0]])
-    import struct
-    from tritium.sim import golden
     words = golden.weight_words(w, lanes=1, trits=1, packing="trit2")
     frames = [P.encode_frame(0, P.Op.IDENTIFY),
               P.encode_frame(1, P.Op.WRITE_WEIGHTS, struct.pack("<H", 0) + bytes(words)),
@@ -117,11 +149,7 @@ def test_board_device_through_its_pins():
             assert b is not None, f"device went quiet after {len(got)} of {len(want)} bytes"
             got.append(b)
 
-    sim = Simulator(link)
-    sim.add_clock(1e-6)
-    sim.add_testbench(host_tx)
-    sim.add_testbench(host_rx)
-    sim.run()
+    simulate(link, host_tx, host_rx)
     assert bytes(got) == want
     assert P.FrameDecoder().feed(bytes(got))[-1][2] == struct.pack("<3h", -123, 123, 0)
 

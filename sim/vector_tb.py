@@ -1,0 +1,104 @@
+"""Amaranth-simulator driver for the vector unit: runs a vector program on the RTL.
+
+The testbench plays the unit's neighbours: it loads the constant memory, feeds ``embed`` rows
+and ``matvec`` products on ``ext`` (computing each product exactly from the activations the unit
+offered on ``xq``), and inserts random idle cycles on both streams. What it returns is read
+straight out of the unit's vector memory, for exact comparison with
+:func:`tritium.sim.lmstep.execute`.
+"""
+
+import numpy as np
+
+from amaranth.sim import Simulator
+
+from ..hw.vector import encode
+from .amaranth_tb import Stalls, stream_put
+
+__all__ = ["run_vector_program"]
+
+
+def run_vector_program(dut, cmem, steps, *, seed=0, stall_prob=0.3, read=(), max_cycles=5_000_000):
+    """Run ``steps`` on ``dut`` (a :class:`~tritium.hw.vector.VectorUnit`) after loading ``cmem``.
+
+    ``steps`` is a list of ``(program, ext_source)``: ``program`` a list of
+    :class:`~tritium.sim.lmstep.Op`; ``ext_source(op, xq)`` returns the int values an ``embed``
+    or ``matvec`` op receives (``xq``: the activations of the latest ``quant``). Returns
+    ``(snapshots, cycles)``: after each step, ``{name: values}`` for every ``(name, address,
+    length)`` in ``read``; and the clock cycles each step took.
+    """
+    rng = np.random.default_rng(seed)
+    stalls = Stalls(rng, stall_prob)
+    snapshots, cycles = [], []
+
+    async def bench(ctx):
+        for addr, value in enumerate(cmem):
+            await stream_put(ctx, dut.cload, dut.cload.payload.shape().const({"addr": addr, "data": int(value)}).as_bits())
+        for program, ext_source in steps:
+            start = clock[0]
+            xq = None
+            count = [0]
+
+            async def tick():
+                await ctx.tick()
+
+            for op in program:
+                await _put_counting(ctx, dut.instr, encode(op, dut.layout), count)
+                if op.code in ("embed", "matvec"):
+                    for v in ext_source(op, xq):
+                        for _ in range(stalls()):
+                            await tick()
+                        await _put_counting(ctx, dut.ext, int(v) & 0xFFFFFFFF, count)
+                elif op.code == "quant":
+                    got = []
+                    for _ in range(op.n):
+                        for _ in range(stalls()):
+                            await tick()
+                        got.append(await _get_counting(ctx, dut.xq, count))
+                    xq = np.array([v - 256 if v >= 128 else v for v in got], np.int64)
+                while ctx.get(dut.busy):
+                    await tick()
+            cycles.append(clock[0] - start)
+            snap = {}
+            for name, addr, n in read:   # through the unit's own peek port
+                raw = []
+                for i in range(n):
+                    await _put_counting(ctx, dut.peek, addr + i, count)
+                    word = await _get_counting(ctx, dut.word, count)
+                    raw.append(word - (1 << 32) if word >= 1 << 31 else word)
+                snap[name] = np.array(raw, np.int64)
+            snapshots.append(snap)
+
+    clock = [0]
+
+    async def counter(ctx):
+        async for _ in ctx.tick():
+            clock[0] += 1
+            if len(snapshots) == len(steps):
+                break
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_process(counter)
+    sim.add_testbench(bench)
+    while len(snapshots) < len(steps) and clock[0] < max_cycles:
+        sim.advance()
+    if len(snapshots) != len(steps):
+        raise RuntimeError(f"the vector program did not finish within {max_cycles} cycles")
+    return snapshots, cycles
+
+
+async def _put_counting(ctx, stream, payload, count):
+    ctx.set(stream.valid, 1)
+    ctx.set(stream.payload.as_value() if hasattr(stream.payload, "as_value") else stream.payload, payload)
+    await ctx.tick().until(stream.ready)
+    count[0] += 1
+    ctx.set(stream.valid, 0)
+
+
+async def _get_counting(ctx, stream, count):
+    ctx.set(stream.ready, 1)
+    value = stream.payload.as_value() if hasattr(stream.payload, "as_value") else stream.payload
+    payload, = await ctx.tick().sample(value).until(stream.valid)
+    count[0] += 1
+    ctx.set(stream.ready, 0)
+    return payload

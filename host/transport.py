@@ -105,8 +105,9 @@ class SerialTransport(Transport):
         self._port.flush()
 
     def read(self, n, timeout):
-        """At most ``n`` bytes: returns as soon as some have arrived (with whatever else is already
-        there), or ``b""`` after ``timeout`` s."""
+        """At most ``n`` bytes: returns as soon as some have arrived (and whatever else is already
+        there), or ``b""`` after ``timeout`` s; waits in ``select``, not by polling."""
+        import select
         deadline = time.monotonic() + timeout
         out = bytearray()
         while len(out) < n:
@@ -114,9 +115,10 @@ class SerialTransport(Transport):
             if chunk:
                 out += chunk
                 continue
-            if out or time.monotonic() >= deadline:
+            remaining = deadline - time.monotonic()
+            if out or remaining <= 0:
                 break
-            time.sleep(0.0005)
+            select.select([self._port.fileno()], [], [], remaining)
         return bytes(out)
 
     def close(self):
@@ -235,23 +237,6 @@ class SimTransport(SerialTransport):
         except BaseException:
             self._stop()
             raise
-
-    def read(self, n, timeout):
-        """At most ``n`` bytes: returns as soon as some have arrived (and whatever else is already
-        there), or ``b""`` after ``timeout`` s; waits in ``select``, not by polling."""
-        import select
-        deadline = time.monotonic() + timeout
-        out = bytearray()
-        while len(out) < n:
-            chunk = self._port.read(n - len(out))
-            if chunk:
-                out += chunk
-                continue
-            remaining = deadline - time.monotonic()
-            if out or remaining <= 0:
-                break
-            select.select([self._port.fileno()], [], [], remaining)
-        return bytes(out)
 
     def _stop(self):
         """End the server and the simulator it started: SIGTERM to their process group, then

@@ -282,6 +282,7 @@ class VectorUnit(wiring.Component):
         ns = Signal(signed(8))
         mn, ms = Signal(16), Signal(signed(8))
         kk = Signal(6)
+        gnum, gimm, gbit = Signal(31), Signal(16), Signal(4)
         issue = Signal(COUNT_BITS + 1)
         wcount = Signal(COUNT_BITS + 1)
         advance = Signal()
@@ -308,7 +309,9 @@ class VectorUnit(wiring.Component):
         with m.If(advance):
             m.d.sync += [v2.eq(v1), i2.eq(i1), a2.eq(ra.data), b2.eq(rb.data), c2.eq(rc.data)]
         # S2: pick the product's operands, its shift and an addend
-        x, y = Signal(signed(34)), Signal(signed(34))
+        # one signed 32 x 32 product path (4 SB_MAC16 on the UP5K); add, rsub and sigmoid bypass it
+        x, y = Signal(signed(32)), Signal(signed(32))
+        direct, use_direct = Signal(signed(34)), Signal()
         sh, addend = Signal(signed(10)), Signal(signed(33))
         sig = rs.data
         lb = Signal(signed(33))
@@ -329,13 +332,14 @@ class VectorUnit(wiring.Component):
             with m.Case(VOp.QUANT):
                 m.d.comb += [x.eq(un), y.eq(q), sh.eq(golden.RECIP_SHIFT)]
             with m.Case(VOp.SIGMOID):
-                m.d.comb += [x.eq(sig), y.eq(1)]
+                m.d.comb += [direct.eq(sig), use_direct.eq(1)]
             with m.Case(VOp.ADD):
-                m.d.comb += [x.eq(a2 + b2), y.eq(1)]
+                m.d.comb += [direct.eq(a2 + b2), use_direct.eq(1)]
             with m.Case(VOp.RSUB):
-                m.d.comb += [x.eq(golden.FIX_ONE - a2), y.eq(1)]
+                m.d.comb += [direct.eq(golden.FIX_ONE - a2), use_direct.eq(1)]
         with m.If(advance):
-            m.d.sync += [v3.eq(v2), i3.eq(i2), p3.eq(x * y), sh3.eq(sh), add3.eq(addend)]
+            m.d.sync += [v3.eq(v2), i3.eq(i2), p3.eq(Mux(use_direct, direct, x * y)), sh3.eq(sh),
+                         add3.eq(addend)]
         # S3: round, saturate, write (or offer the activation); fold the reduction
         rounded = _shift_round_sat32(m, p3, sh3, "res")
         result = _sat32(m, rounded + add3, "result")
@@ -454,8 +458,15 @@ class VectorUnit(wiring.Component):
             with m.State("G_NORM_M"):
                 normalise(golden.QUANT_NORM_BITS, "G_K")
             with m.State("G_K"):
-                m.d.sync += [mn.eq(nx), ms.eq(ns), nx.eq(reg_ss), kk.eq(0)]
-                m.next = "G_K_LOOP"
+                m.d.sync += [mn.eq(nx), ms.eq(ns), nx.eq(reg_ss), kk.eq(0), gnum.eq(0), gimm.eq(cur.imm),
+                             gbit.eq(0)]
+                m.next = "G_MUL"
+            with m.State("G_MUL"):      # gnum = mn * imm, shift and add over the 16 bits of imm
+                with m.If(gimm[0]):
+                    m.d.sync += gnum.eq(gnum + (mn << gbit))
+                m.d.sync += [gimm.eq(gimm >> 1), gbit.eq(gbit + 1)]
+                with m.If(gbit == 15):
+                    m.next = "G_K_LOOP"
             with m.State("G_K_LOOP"):   # scale SS by 4 until its root has 30 or 31 bits
                 with m.If((nx != 0) & (nx < (1 << 59))):
                     m.d.sync += [nx.eq(nx << 2), kk.eq(kk + 1)]
@@ -476,7 +487,7 @@ class VectorUnit(wiring.Component):
             with m.State("G_NORM_R"):
                 normalise(golden.RSQRT_NORM_BITS, "G_DIV")
             with m.State("G_DIV"):
-                m.d.comb += [div.req.valid.eq(1), div.req.payload.num.eq((mn * cur.imm) << golden.GAIN_SHIFT),
+                m.d.comb += [div.req.valid.eq(1), div.req.payload.num.eq(gnum << golden.GAIN_SHIFT),
                              div.req.payload.den.eq(nx)]
                 with m.If(div.req.ready):
                     m.next = "G_WAIT"

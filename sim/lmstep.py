@@ -121,11 +121,19 @@ def compile_mmfree(model, *, const_bits=CONST_BITS, embed_bits=EMBED_BITS):
     for n in (H, I):
         if n > golden.MAX_VECTOR:
             raise TritiumValueError(f"vectors of {n} elements; the on-chip step takes at most {golden.MAX_VECTOR}")
+    # Vector memory: buffers whose lifetimes never overlap share words. `u` (each BitLinear's
+    # weighted input, read once by `quant`) doubles as `d` (the GLU product, rewritten in place
+    # into `u`); one area holds the mixer's f / i / g / scratch, then the GLU's gate output, then
+    # the logits.
     vectors, top = {}, 0
-    for name, n in [("h", H), ("v", H), ("u", max(H, I)), ("yf", H), ("yi", H), ("yg", H), ("t", H),
-                    ("y2", 2 * I), ("d", I), ("logits", cfg.vocab)] + [(f"s{l}", H) for l in range(cfg.layers)]:
+    for name, n in [("h", H)] + [(f"s{l}", H) for l in range(cfg.layers)] + [("v", H), ("u", max(H, I))]:
         vectors[name] = (top, n)
         top += n
+    vectors["d"] = (vectors["u"][0], I)
+    for i, name in enumerate(("yf", "yi", "yg", "t")):
+        vectors[name] = (top + i * H, H)
+    vectors["y2"], vectors["logits"] = (top, 2 * I), (top, cfg.vocab)
+    top += max(4 * H, 2 * I, cfg.vocab)
     A = {name: addr for name, (addr, _) in vectors.items()}
     consts, cwords, mats, names, prog = {}, [], [], [], []
 

@@ -10,7 +10,7 @@ once (:class:`VOp`, :func:`instruction_layout`, :func:`encode`) and used by the 
 program loader.
 """
 
-from amaranth.hdl import Const, Module, Mux, Shape, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import data, enum, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -18,12 +18,7 @@ from ..sim import golden, lmstep
 from ..sim.golden import TritiumValueError
 from .params import rejected
 
-__all__ = ["VOp", "instruction_layout", "encode", "SerialDivider", "SerialSqrt", "VectorUnit",
-           "PIPELINE_DEPTH", "instruction_cycles"]
-
-#: Cycles from an elementwise instruction's first read to its first write.
-PIPELINE_DEPTH = 3
-
+__all__ = ["VOp", "instruction_layout", "encode", "SerialDivider", "SerialSqrt", "VectorUnit"]
 
 class VOp(enum.Enum, shape=4):
     """The vector unit's operations (:data:`tritium.sim.lmstep.OPCODES` gives their arithmetic)."""
@@ -66,16 +61,14 @@ def encode(op, layout):
         lo, hi = (-(1 << (shape.width - 1)), (1 << (shape.width - 1)) - 1) if shape.signed else (0, (1 << shape.width) - 1)
         if not lo <= value <= hi:
             raise TritiumValueError(f"instruction {op.code}: field {name} = {value} does not fit {shape}")
+    if op.red and (op.code not in lmstep.ELEMENTWISE or op.n == 0):
+        raise TritiumValueError(f"instruction {op.code}: a reduction needs an elementwise instruction of n > 0")
+    for src in ("a", "b"):
+        start = getattr(op, src)
+        if op.code in lmstep.ELEMENTWISE and op.n and start < op.dst < start + op.n:
+            raise TritiumValueError(f"instruction {op.code}: dst {op.dst} overlaps {src} {start}..{start + op.n - 1} "
+                                    "part-way (it must equal the source or miss it)")
     return layout.const(fields).as_bits()
-
-
-def instruction_cycles(op):
-    """Cycles the unit is busy with ``op`` when its streams never stall (checked against the
-    RTL): elementwise ``n + 4``; ``embed`` / ``matvec`` ``n + 1`` (plus the time the values take
-    to arrive); ``quant`` and ``gain`` add their scalar preparation (see the tests)."""
-    if op.code in ("embed", "matvec"):
-        return op.n + 1
-    return op.n + PIPELINE_DEPTH + 1
 
 
 class SerialDivider(wiring.Component):
@@ -105,7 +98,7 @@ class SerialDivider(wiring.Component):
         busy = Signal()
         trial = Signal(dw + 2)
         m.d.comb += [self.req.ready.eq(~busy & ~self.res.valid), self.res.payload.eq(num),
-                     trial.eq(Cat_(num[-1], rem) - den)]
+                     trial.eq(Cat(num[-1], rem) - den)]
         with m.If(self.req.valid & self.req.ready):
             m.d.sync += [num.eq(self.req.payload.num), den.eq(self.req.payload.den), rem.eq(0),
                          count.eq(nw), busy.eq(1)]
@@ -114,19 +107,13 @@ class SerialDivider(wiring.Component):
             with m.If(~trial[-1]):
                 m.d.sync += [rem.eq(trial[:dw + 1]), num.eq((num << 1) | 1)]
             with m.Else():
-                m.d.sync += [rem.eq(Cat_(num[-1], rem)[:dw + 1]), num.eq(num << 1)]
+                m.d.sync += [rem.eq(Cat(num[-1], rem)[:dw + 1]), num.eq(num << 1)]
             m.d.sync += count.eq(count - 1)
             with m.If(count == 1):
                 m.d.sync += [busy.eq(0), self.res.valid.eq(1)]
         with m.If(self.res.valid & self.res.ready):
             m.d.sync += self.res.valid.eq(0)
         return m
-
-
-def Cat_(low, high):
-    """``Cat(low, high)``: ``low`` in the least significant bits."""
-    from amaranth.hdl import Cat
-    return Cat(low, high)
 
 
 class SerialSqrt(wiring.Component):
@@ -156,7 +143,7 @@ class SerialSqrt(wiring.Component):
         cur = Signal(h + 4)
         trial = Signal(h + 4)
         m.d.comb += [self.req.ready.eq(~busy & ~self.res.valid), self.res.payload.eq(root),
-                     cur.eq(Cat_(x[-2:], rem)), trial.eq(cur - Cat_(Const(1, 2), root))]
+                     cur.eq(Cat(x[-2:], rem)), trial.eq(cur - Cat(Const(1, 2), root))]
         with m.If(self.req.valid & self.req.ready):
             m.d.sync += [x.eq(self.req.payload), rem.eq(0), root.eq(0), count.eq(h), busy.eq(1)]
         with m.If(busy):
@@ -315,7 +302,8 @@ class VectorUnit(wiring.Component):
         sh, addend = Signal(signed(10)), Signal(signed(33))
         sig = rs.data
         lb = Signal(signed(33))
-        m.d.comb += lb.eq(_shift_round_sat32(m, c2, cur.shift - golden.FIX_FRAC, "lb"))
+        lb_raw = _shift_round_sat32(m, c2, cur.shift - golden.FIX_FRAC, "lb")
+        m.d.comb += lb.eq(Mux(lb_raw < 0, 0, Mux(lb_raw > golden.FIX_ONE, golden.FIX_ONE, lb_raw)))
         un = Signal(signed(34))
         m.d.comb += un.eq(Mux(qs >= 0, a2 >> qs.as_unsigned()[:6], a2 << (-qs).as_unsigned()[:5]))
         with m.Switch(op):
@@ -397,7 +385,8 @@ class VectorUnit(wiring.Component):
                         m.d.sync += reg_ss.eq(0)
                     with m.Switch(p.op):
                         with m.Case(VOp.EMBED, VOp.MATVEC):
-                            m.next = "EXT"
+                            with m.If(p.n != 0):
+                                m.next = "EXT"
                         with m.Case(VOp.QUANT):
                             m.d.sync += [nx.eq(reg_m), ns.eq(0)]
                             m.next = "Q_NORM"
@@ -418,8 +407,6 @@ class VectorUnit(wiring.Component):
                     m.d.sync += wcount.eq(wcount + 1)
                     with m.If(wcount + 1 == cur.n):
                         m.next = "IDLE"
-                with m.If(cur.n == 0):
-                    m.next = "IDLE"
             with m.State("RUN"):
                 with m.If(wcount == cur.n):
                     m.d.sync += running.eq(0)

@@ -43,13 +43,13 @@ OPCODES = {
     "sigmoid":  "dst = sigmoid_fix(a)",
     "silu":     "dst = silu_fix(a)",
     "rsub":     "dst = sat32(1.0 - a)",
-    "fgate":    "dst = lb + shift_round((1.0 - lb) * a, 16), lb = shift_round(cmem[c:c+n], shift - 16)",
+    "fgate":    "dst = sat32(lb + shift_round((1.0 - lb) * a, 16)), lb = clamp(shift_round(cmem[c:c+n], shift - 16), 0, 1.0)",
     "quant":    "engine activations = quantize_fix(a, M)",
     "matvec":   "dst = ternary matrix number c times the engine activations (exact)",
     "gain":     "G = rescale_gain(M, SS, imm, shift)",
     "rescale":  "dst = rescale_fix(a, G)",
 }
-#: Reductions an elementwise instruction can fold into its pass: into the scalar register
+#: Reductions an elementwise instruction (only those) can fold into its pass: into the scalar register
 #: ``M`` (``max_abs``) or ``SS`` (``sum_squares``) of the values it writes.
 REDUCTIONS = {0: None, 1: "M", 2: "SS"}
 RED_MAX, RED_SUMSQ = 1, 2
@@ -213,8 +213,9 @@ def execute(op, vmem, regs, cmem, *, embed_row=None, matvec=None):
         out = golden.silu_fix(a)
     elif c == "rsub":
         out = golden.sat32(golden.FIX_ONE - a)
-    elif c == "fgate":
-        lb = golden.shift_round(cmem[op.c:op.c + op.n].astype(np.int64), op.shift - golden.FIX_FRAC)
+    elif c == "fgate":   # a lower bound lies in [0, 1]: the constant is clamped there
+        lb = np.clip(golden.shift_round(cmem[op.c:op.c + op.n].astype(np.int64), op.shift - golden.FIX_FRAC),
+                     0, golden.FIX_ONE)
         out = golden.sat32(lb + golden.shift_round((golden.FIX_ONE - lb) * a, golden.FIX_FRAC))
     elif c == "quant":
         regs["XQ"] = golden.quantize_fix(a, regs["M"])

@@ -12,7 +12,7 @@ import numpy as np
 from amaranth.sim import Simulator
 
 from ..hw.vector import encode
-from .amaranth_tb import Stalls, stream_put
+from .amaranth_tb import Stalls, stream_get, stream_put
 
 __all__ = ["run_vector_program"]
 
@@ -36,34 +36,29 @@ def run_vector_program(dut, cmem, steps, *, seed=0, stall_prob=0.3, read=(), max
         for program, ext_source in steps:
             start = clock[0]
             xq = None
-            count = [0]
-
-            async def tick():
-                await ctx.tick()
-
             for op in program:
-                await _put_counting(ctx, dut.instr, encode(op, dut.layout), count)
+                await stream_put(ctx, dut.instr, encode(op, dut.layout))
                 if op.code in ("embed", "matvec"):
                     for v in ext_source(op, xq):
                         for _ in range(stalls()):
-                            await tick()
-                        await _put_counting(ctx, dut.ext, int(v) & 0xFFFFFFFF, count)
+                            await ctx.tick()
+                        await stream_put(ctx, dut.ext, int(v) & 0xFFFFFFFF)
                 elif op.code == "quant":
                     got = []
                     for _ in range(op.n):
                         for _ in range(stalls()):
-                            await tick()
-                        got.append(await _get_counting(ctx, dut.xq, count))
+                            await ctx.tick()
+                        got.append(await stream_get(ctx, dut.xq))
                     xq = np.array([v - 256 if v >= 128 else v for v in got], np.int64)
                 while ctx.get(dut.busy):
-                    await tick()
+                    await ctx.tick()
             cycles.append(clock[0] - start)
             snap = {}
             for name, addr, n in read:   # through the unit's own peek port
                 raw = []
                 for i in range(n):
-                    await _put_counting(ctx, dut.peek, addr + i, count)
-                    word = await _get_counting(ctx, dut.word, count)
+                    await stream_put(ctx, dut.peek, addr + i)
+                    word = await stream_get(ctx, dut.word)
                     raw.append(word - (1 << 32) if word >= 1 << 31 else word)
                 snap[name] = np.array(raw, np.int64)
             snapshots.append(snap)
@@ -85,20 +80,3 @@ def run_vector_program(dut, cmem, steps, *, seed=0, stall_prob=0.3, read=(), max
     if len(snapshots) != len(steps):
         raise RuntimeError(f"the vector program did not finish within {max_cycles} cycles")
     return snapshots, cycles
-
-
-async def _put_counting(ctx, stream, payload, count):
-    ctx.set(stream.valid, 1)
-    ctx.set(stream.payload.as_value() if hasattr(stream.payload, "as_value") else stream.payload, payload)
-    await ctx.tick().until(stream.ready)
-    count[0] += 1
-    ctx.set(stream.valid, 0)
-
-
-async def _get_counting(ctx, stream, count):
-    ctx.set(stream.ready, 1)
-    value = stream.payload.as_value() if hasattr(stream.payload, "as_value") else stream.payload
-    payload, = await ctx.tick().sample(value).until(stream.valid)
-    count[0] += 1
-    ctx.set(stream.ready, 0)
-    return payload

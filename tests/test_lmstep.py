@@ -81,6 +81,13 @@ def test_no_intermediate_overflows_at_the_extremes():
     # The worst cases of every product (int32 x int32, int32 x const, quantizer, rescale) are
     # computed with numpy int64 and with Python integers: equal means nothing wrapped.
     ext = [G.INT32_MIN, -1, 0, 1, G.INT32_MAX]
+    # fgate: a lower bound constant far outside [0, 1] is clamped before the product
+    from tritium.sim.lmstep import Op, execute
+    vm = np.array([G.INT32_MAX, G.INT32_MIN, 0, 0], np.int64)
+    execute(Op("fgate", 2, 0, n=2, c=0, shift=-60), vm, {}, np.array([100, -100]))
+    # constant 100 at shift -60 is huge: lb = 1.0, so the gate is 1.0 whatever a is; constant -100
+    # is clamped to lb = 0, so the gate is a itself (here INT32_MIN), with no int64 wrap
+    assert vm[2:].tolist() == [65536, G.INT32_MIN]
     for a in ext:
         for b in ext:
             assert int(G.mul_fix(np.array([a]), np.array([b]))[0]) == max(G.INT32_MIN, min(G.INT32_MAX, (a * b + 2**15) >> 16))
@@ -166,6 +173,15 @@ def test_choose_token_rules():
     assert np.all(np.abs(counts / 20000 - p) < 0.01)
     with pytest.raises(G.TritiumValueError, match="temperature"):
         lmstep.SamplingParams.from_float(-1, 0)
+    # fixed cases, worked by hand: logits [3, 5, 5, 4] (x 2**16), T = 1, top-k 2 keeps ids 1 and 2
+    # (the tie at 5), weights 65536 each; state 1 draws 270369, target = 270369 * 131072 >> 32 = 8,
+    # so id 1; top-k 3 adds id 3 with exp(-1) -> 24109 (t = 94548, E[(94548 & 0xffff) >> 8] >> 1)
+    z = np.array([3, 5, 5, 4]) * 65536
+    assert lmstep.choose_token(z, lmstep.SamplingParams(256, 2), 1) == (1, 270369)
+    assert int(G.exp_neg_fix(np.array([65536]))[0]) == G.exp2_table()[(94548 & 0xFFFF) >> 8] >> 1
+    # top-k beyond the vocabulary means all; seed 0 becomes the documented non-zero state
+    assert lmstep.choose_token(z, lmstep.SamplingParams(256, 99), 5)[0] in (0, 1, 2, 3)
+    assert lmstep.rng_seed(0) == 0x6D2B79F5 and lmstep.rng_seed(2**32 + 7) == 7
 
 
 def test_integer_step_tracks_the_float_runtime(model, image):

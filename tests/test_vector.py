@@ -89,7 +89,9 @@ def test_elementwise_ops_match_the_spec(seed):
     ops = [Op("mulc", D, A, n=n, c=0, shift=5, red=lmstep.RED_SUMSQ), Op("mulc", D + n, A, n=n, c=0, shift=-3),
            Op("mul", D + 2 * n, A, B, n=n, red=lmstep.RED_MAX), Op("add", D + 3 * n, A, B, n=n),
            Op("sigmoid", B, A, n=n), Op("silu", A, A, n=n), Op("rsub", D, B, n=n),
-           Op("fgate", D + n, B, n=n, c=0, shift=9), Op("mul", D + 2 * n, D + 2 * n, D + n, n=n, red=lmstep.RED_SUMSQ)]
+           Op("fgate", D + n, B, n=n, c=0, shift=9), Op("mul", D + 2 * n, D + 2 * n, D + n, n=n, red=lmstep.RED_SUMSQ),
+           # fgate on raw operands (not only sigmoid outputs), with constants beyond [0, 1] (clamped)
+           Op("fgate", D + 3 * n, A + 0, n=n, c=0, shift=7), Op("fgate", D, D + 3 * n, n=n, c=0, shift=-3)]
     got, spec, _ = _run_ops(ops, vmem0, c, seed=seed)
     assert np.array_equal(got, spec)
 
@@ -136,6 +138,13 @@ def test_encode_refuses_fields_that_do_not_fit():
         encode(Op("add", 16, 0, 0, n=1), layout)
     with pytest.raises(G.TritiumValueError, match="positive integer"):
         VectorUnit(vmem_depth=0, cmem_depth=4)
+    # what the unit does not define is refused before it reaches it: a reduction outside an
+    # elementwise op, and a destination overlapping a source part-way
+    with pytest.raises(G.TritiumValueError, match="reduction"):
+        encode(Op("matvec", 0, n=4, red=lmstep.RED_MAX), layout)
+    with pytest.raises(G.TritiumValueError, match="overlaps a 0..7"):
+        encode(Op("add", 4, 0, 0, n=8), layout)
+    encode(Op("add", 0, 0, 8, n=8), layout)   # in place is fine
 
 
 @pytest.fixture(scope="module")

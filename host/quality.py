@@ -12,20 +12,9 @@ numbers differ only by the arithmetic around the products: float32 on the host
 import numpy as np
 
 from ..sim import lmstep
+from ..sim.lmstep import NumpyRunner
 
 __all__ = ["NumpyRunner", "validation_sequences", "validation_loss"]
-
-
-class NumpyRunner:
-    """Exact ternary products in numpy for a batch: ``matvec(name, xq[..., K]) -> int64[..., M]``."""
-
-    def __init__(self, mats):
-        self._w = {n: np.ascontiguousarray(w.T, np.float32) for n, w in mats.items()}
-        self.products = 0
-
-    def matvec(self, name, xq):
-        self.products += 1
-        return np.rint(np.asarray(xq, np.float32) @ self._w[name]).astype(np.int64)  # exact below 2**24
 
 
 def validation_sequences(seq=256, sequences=None):

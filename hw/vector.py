@@ -289,7 +289,7 @@ class VectorUnit(wiring.Component):
         m.d.comb += [self.busy.eq(running | ~self.instr.ready)]
         # S1: the operands (read last cycle); the sigmoid table's address
         sig_idx = Signal(signed(33))
-        m.d.comb += sig_idx.eq((ra.data >> golden._SIGMOID_SHIFT) + golden.SIGMOID_ENTRIES // 2)
+        m.d.comb += sig_idx.eq((ra.data >> golden.SIGMOID_SHIFT) + golden.SIGMOID_ENTRIES // 2)
         m.d.comb += [rs.en.eq(advance),
                      rs.addr.eq(Mux(sig_idx < 0, 0, Mux(sig_idx >= golden.SIGMOID_ENTRIES,
                                                         golden.SIGMOID_ENTRIES - 1, sig_idx[:9])))]

@@ -565,13 +565,14 @@ def sigmoid_table():
 
 
 _SIGMOID = sigmoid_table()
-_SIGMOID_SHIFT = FIX_FRAC - (SIGMOID_ENTRIES // (2 * SIGMOID_RANGE)).bit_length() + 1
+#: A Q16.16 value shifted right by this many bits counts sigmoid-table entries (11: 1/32 each).
+SIGMOID_SHIFT = FIX_FRAC - ((SIGMOID_ENTRIES // (2 * SIGMOID_RANGE)).bit_length() - 1)
 
 
 def sigmoid_fix(x):
     """Q16.16 sigmoid, Q0.16 result: ``T[clamp((x >> s) + N/2, 0, N-1)]`` with ``2**-s`` real
     units per entry (``s = 11`` for 512 entries over [-8, 8))."""
-    i = np.clip(np.right_shift(np.asarray(x, np.int64), _SIGMOID_SHIFT) + SIGMOID_ENTRIES // 2, 0,
+    i = np.clip(np.right_shift(np.asarray(x, np.int64), SIGMOID_SHIFT) + SIGMOID_ENTRIES // 2, 0,
                 SIGMOID_ENTRIES - 1)
     return _SIGMOID[i]
 

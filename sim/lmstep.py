@@ -24,7 +24,7 @@ import numpy as np
 from . import golden
 from .golden import TritiumValueError
 
-__all__ = ["Op", "LMImage", "compile_mmfree", "execute", "IntegerLM", "choose_token", "rng_seed",
+__all__ = ["Op", "LMImage", "compile_mmfree", "execute", "NumpyRunner", "IntegerLM", "choose_token", "rng_seed",
            "SamplingParams", "CONST_BITS", "OPCODES", "REDUCTIONS", "ELEMENTWISE"]
 
 #: Width of the constant vectors' mantissas (norm weights, lower bounds): block floating point.
@@ -91,6 +91,13 @@ class LMImage:
     matrix_names: list
     embed: np.ndarray
     embed_scale: tuple
+
+    def embed_row(self, tokens):
+        """The ``embed`` instruction's values for ``tokens`` (any shape): the int8 row times its
+        16-bit scale, ``sat32(shift_round(e8 * m, shift))``, Q16.16."""
+        tokens = np.asarray(tokens, np.int64)
+        m, s = self.embed_scale
+        return golden.sat32(golden.shift_round(self.embed[tokens].astype(np.int64) * m[tokens][..., None], s))
 
     def cost(self):
         """Per token: ``ops`` (instructions), ``products`` (ternary products), ``rows`` (their
@@ -236,6 +243,19 @@ def execute(op, vmem, regs, cmem, *, embed_row=None, matvec=None):
         regs["SS"] = golden.sum_squares(out)
 
 
+class NumpyRunner:
+    """Exact ternary products in numpy for a batch: ``matvec(name, xq[..., K]) -> int64[..., M]``
+    (float32 products are exact here: every sum stays below 2**24)."""
+
+    def __init__(self, mats):
+        self._w = {n: np.ascontiguousarray(np.asarray(w).T, np.float32) for n, w in mats.items()}
+        self.products = 0
+
+    def matvec(self, name, xq):
+        self.products += 1
+        return np.rint(np.asarray(xq, np.float32) @ self._w[name]).astype(np.int64)
+
+
 class IntegerLM:
     """Runs an :class:`LMImage`'s program: ``step(tokens)`` -> int32 logits (Q16.16), for a
     token array of any shape (a batch of independent sequences). State: one Q16.16 vector per
@@ -244,15 +264,8 @@ class IntegerLM:
 
     def __init__(self, image, *, batch=(), matvec=None, trace=None):
         self.image, self.batch, self.trace = image, tuple(batch), trace
-        self._matvec = matvec or self._numpy_matvec
-        self._wf = {}
+        self._matvec = matvec or NumpyRunner(dict(zip(image.matrix_names, image.matrices))).matvec
         self.reset()
-
-    def _numpy_matvec(self, name, xq):
-        w = self._wf.get(name)
-        if w is None:
-            w = self._wf[name] = self.image.matrices[self.image.matrix_names.index(name)].T.astype(np.float32)
-        return np.rint(xq.astype(np.float32) @ w).astype(np.int64)   # exact: |sum| < 2**24
 
     def reset(self):
         self.vmem = np.zeros(self.batch + (self.image.vmem_words,), np.int64)
@@ -262,8 +275,7 @@ class IntegerLM:
         tokens = np.asarray(tokens, np.int64)
         if np.any((tokens < 0) | (tokens >= img.config.vocab)):
             raise TritiumValueError(f"token ids must be in 0..{img.config.vocab - 1}")
-        m, s = img.embed_scale
-        embed = lambda: golden.sat32(golden.shift_round(img.embed[tokens].astype(np.int64) * m[tokens][..., None], s))
+        embed = lambda: img.embed_row(tokens)
         matvec = lambda index, xq: self._matvec(img.matrix_names[index], xq)
         cmem = img.cmem.astype(np.int64)
         for op in img.program:

@@ -19,7 +19,6 @@ from cocotb.triggers import ReadOnly, RisingEdge
 
 from tritium.hw.vector import encode, instruction_layout
 from tritium.host.models import DEFAULT_MODEL, load_model
-from tritium.sim import golden as G
 from tritium.sim import lmstep
 
 
@@ -89,11 +88,10 @@ async def shipped_model_step(dut):
         await cload.put(addr | ((int(value) & 0xFF) << cbits))
     spec = lmstep.IntegerLM(img)       # the same program, one instruction at a time beside the RTL
     cmem = img.cmem.astype(np.int64)
-    m_emb, s_emb = img.embed_scale
     regs = {"M": np.zeros(1, np.int64), "SS": np.zeros(1, np.int64)}
     stats = {"tokens": 0, "words_checked": 0, "activations_checked": 0}
     for tok in tokens:
-        row = G.sat32(G.shift_round(img.embed[tok].astype(np.int64) * m_emb[tok], s_emb))
+        row = img.embed_row(tok)
         for op in img.program:
             lmstep.execute(op, spec.vmem, regs, cmem, embed_row=lambda: row,
                            matvec=lambda c, q: img.matrices[c].astype(np.int64) @ q.astype(np.int64))

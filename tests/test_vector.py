@@ -176,12 +176,11 @@ def _program_on_rtl(img, tokens):
     spec = lmstep.IntegerLM(img)
     want = [spec.step(t) for t in tokens]
     dut = VectorUnit(vmem_depth=img.vmem_words, cmem_depth=len(img.cmem))
-    m_emb, s_emb = img.embed_scale
 
     def source_for(tok):
         def source(op, xq):
             if op.code == "embed":
-                return G.sat32(G.shift_round(img.embed[tok].astype(np.int64) * m_emb[tok], s_emb))
+                return img.embed_row(tok)
             return img.matrices[op.c].astype(np.int64) @ xq
         return source
 

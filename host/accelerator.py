@@ -62,8 +62,10 @@ class Accelerator:
     """Load ternary matrices into named slots and multiply int8 vectors by them.
 
     ``Accelerator(transport)`` identifies the device (so :attr:`params` equal the device's own
-    :class:`EngineParams`) and resets its slots. Every call waits at most ``timeout`` seconds
-    per attempt for its reply.
+    :class:`EngineParams`, and :attr:`lm` its :class:`LMParams` when it runs the on-chip LM step,
+    else ``None``) and resets its slots. Every call waits at most ``timeout`` seconds per attempt
+    for its reply. The LM step's commands: :meth:`write_mem`, :meth:`lm_config`, :meth:`generate`
+    (:mod:`tritium.host.lmdevice` loads a whole model with them).
 
     Replies are matched to requests by ``seq``: frames with another seq (late, duplicated or
     stale replies) are discarded, and every frame decoded from one read is kept until used. A
@@ -109,6 +111,8 @@ class Accelerator:
         self.acc_bytes = self.info["acc_bytes"]
         self.max_payload = self.info["max_payload"]
         self.max_rows = self.info["max_rows"]
+        #: the on-chip LM step's sizes (:class:`LMParams`), ``None`` on a device without it
+        self.lm = self.info["lm"]
         self.reset()
 
     # -- framing -------------------------------------------------------------------------------
@@ -217,9 +221,12 @@ class Accelerator:
         return P.parse_identify(self._request(P.Op.IDENTIFY, reply_len=P.IDENTIFY_LAYOUT.size))
 
     def reset(self):
-        """Clear every slot on the device (weights stay in memory) and its counters."""
+        """Clear every slot on the device (weights stay in memory), its counters and its LM
+        configuration (the LM step's memories keep their contents)."""
         self._request(P.Op.RESET, reply_len=0)
         self.slots = [None] * P.SLOTS
+        #: the last :meth:`lm_config` (``(step_start, prog_end, logits, vocab)``), ``None`` after RESET
+        self.lm_state = None
 
     def status(self):
         frames_ok, errors, last = P.STATUS_LAYOUT.unpack(
@@ -293,6 +300,139 @@ class Accelerator:
         chunks = -(-k // self.params.trits)
         self._request(P.Op.SET_SLOT, P.SET_SLOT_LAYOUT.pack(slot, base, m, chunks), reply_len=0)
         self.slots[slot] = (base, m, k)
+
+    # -- the on-chip LM step -----------------------------------------------------------------------
+    def _need_lm(self, what):
+        if self.lm is None:
+            raise TritiumValueError(f"{what} needs a device with the on-chip LM step; this one has none "
+                                    "(IDENTIFY reports no LM flag)")
+        return self.lm
+
+    def write_mem(self, space, addr, data):
+        """Write ``data`` (bytes: whole elements of ``space``, as :class:`~tritium.hw.protocol.Space`
+        lays them out on the link) into one LM-step memory from element ``addr``, in as many
+        WRITE_MEM requests as :attr:`max_payload` needs. Raises :class:`TritiumValueError` (nothing
+        sent) on a device without the LM step, an unknown space, a length that is not whole
+        elements, or elements past the memory's end."""
+        lm = self._need_lm("WRITE_MEM")
+        try:
+            space = P.Space(space)
+        except ValueError:
+            raise TritiumValueError(f"space {space!r} is not one of {[s.name for s in P.Space]}") from None
+        data = bytes(data)
+        size, depth = P.space_element_bytes(lm, space), P.space_depth(lm, space)
+        if len(data) % size:
+            raise TritiumValueError(f"{len(data)} bytes are not whole {space.name} elements of {size} bytes")
+        count = len(data) // size
+        if isinstance(addr, bool) or not isinstance(addr, int) or addr < 0 or addr + count > depth:
+            raise TritiumValueError(f"{count} {space.name} elements from address {addr!r} do not fit its "
+                                    f"{depth} elements")
+        per_frame = max(1, (self.max_payload - P.WRITE_MEM_HEADER.size) // size)
+        for i in range(0, count, per_frame):
+            part = data[i * size:(i + per_frame) * size]
+            self._request(P.Op.WRITE_MEM, P.WRITE_MEM_HEADER.pack(space, addr + i) + part, reply_len=0)
+
+    def lm_config(self, step_start, prog_end, logits, vocab):
+        """Arm GENERATE (one LM_CONFIG): the reset program is instructions ``0 .. step_start-1``,
+        the token step ``step_start .. prog_end-1``, the logits ``vocab`` words at vector address
+        ``logits``. Raises :class:`TritiumValueError` (nothing sent) for values the device would
+        refuse."""
+        lm = self._need_lm("LM_CONFIG")
+        values = (step_start, prog_end, logits, vocab)
+        if any(isinstance(v, bool) or not isinstance(v, int) for v in values) or not (
+                0 <= step_start < prog_end <= lm.prog_depth and 1 <= vocab <= lm.max_vocab
+                and 0 <= logits and logits + vocab <= lm.vmem_depth):
+            raise TritiumValueError(f"LM_CONFIG step_start={step_start!r}, prog_end={prog_end!r}, logits={logits!r}, "
+                                    f"vocab={vocab!r} needs 0 <= step_start < prog_end <= {lm.prog_depth}, "
+                                    f"1 <= vocab <= {lm.max_vocab} and logits + vocab <= {lm.vmem_depth}")
+        self._request(P.Op.LM_CONFIG, P.LM_CONFIG_LAYOUT.pack(*values), reply_len=0)
+        self.lm_state = values
+
+    def generate(self, payload, *, on_token=None, timeout_per_token=None):
+        """Send one GENERATE (``payload``: :func:`tritium.hw.protocol.generate_payload`) and read
+        its stream: ``on_token(token)`` is called for each token frame as it arrives; returns
+        ``(tokens, reason)`` (a :class:`~tritium.hw.protocol.Stop`) from the end frame.
+
+        Each token must arrive within ``timeout_per_token`` seconds (default :attr:`timeout`) of
+        the previous one, the first within that times ``prompt tokens + 1``. GENERATE is never
+        sent twice once the device may have started it (only a refusal that proves it was not
+        executed, such as BAD_CRC, is retried, after resynchronising).
+
+        Raises
+        ------
+        DeviceError
+            The device refused the request, or an instruction failed its run-time check; the
+            tokens streamed before it are in the exception's ``tokens``.
+        LinkError
+            The stream stopped (no frame in time) or lost a frame (the end frame's count is not
+            the number of tokens received); not retried.
+        """
+        self._need_lm("GENERATE")
+        payload = bytes(payload)
+        timeout = self.timeout if timeout_per_token is None else timeout_per_token
+        failures = []
+        for attempt in range(self.retries + 1):
+            if attempt:
+                self.stats["retries"] += 1
+                try:
+                    self._resync()
+                except _Lost as e:
+                    failures.append(e)
+                    continue
+            try:
+                return self._generate_once(payload, on_token, timeout)
+            except _Lost as e:
+                if not e.not_executed:
+                    raise LinkError(f"GENERATE (seq {e.seq}): {e}; not retried because GENERATE is not "
+                                    "idempotent, so whether the device went on generating is unknown") from None
+                failures.append(e)
+        raise LinkError(f"GENERATE failed after {len(failures)} attempts; last: {failures[-1]}")
+
+    def _generate_once(self, payload, on_token, timeout):
+        seq = self._seq
+        self._seq = (seq + 1) & 0xFF
+        frame = P.encode_frame(seq, P.Op.GENERATE, payload)
+        self.transport.write(frame)
+        self.link_bytes += len(frame)
+        prompt = max(0, len(payload) - P.GENERATE_LAYOUT.size)
+        deadline = time.monotonic() + timeout * (prompt + 1)
+        tokens = []
+        while True:
+            try:
+                rseq, rop, body = self._next_frame(deadline, "GENERATE", seq)
+            except _Lost as e:
+                raise _Lost(f"{e} after {len(tokens)} tokens", seq, timeout=e.timeout) from None
+            if rseq != seq:
+                self.stats["stale_replies"] += 1
+                continue
+            if rop == P.ERROR and len(body) == P.ERROR_LAYOUT.size:
+                code, _, expected = P.ERROR_LAYOUT.unpack(body)
+                self.link_bytes += P.HEADER_BYTES + 2 + len(body)
+                damaged = code in (P.Err.BAD_CRC, P.Err.TIMEOUT, P.Err.BAD_SEQ) or (
+                    code == P.Err.BAD_LENGTH and expected != (seq + 1) & 0xFF)
+                if damaged and not tokens:
+                    if code == P.Err.BAD_SEQ:
+                        self._seq = expected
+                    raise _Lost(f"the device refused seq {seq} as damaged ({P.Err(code).name})", seq,
+                                not_executed=True)
+                error = DeviceError(P.Op.GENERATE, code, expected)
+                error.tokens = tokens
+                raise error
+            if rop != P.Op.GENERATE | P.REPLY or len(body) not in (1, P.GENERATE_END_LAYOUT.size):
+                self.stats["stale_replies"] += 1
+                continue
+            self.link_bytes += P.HEADER_BYTES + 2 + len(body)
+            if len(body) == 1:
+                tokens.append(body[0])
+                if on_token:
+                    on_token(body[0])
+                deadline = time.monotonic() + timeout
+                continue
+            count, reason = P.GENERATE_END_LAYOUT.unpack(body)
+            if count != len(tokens) or reason not in set(P.Stop):
+                raise LinkError(f"GENERATE (seq {seq}): the end frame reports {count} tokens (reason {reason}), "
+                                f"but {len(tokens)} token frames arrived: frames were lost on the link")
+            return tokens, P.Stop(reason)
 
     def matvec(self, slot, x):
         """``W x`` for the matrix in ``slot`` and int8 ``x`` (K): exact int64 results (M)."""

@@ -27,14 +27,16 @@ def _info(args):
     return 0
 
 
-def _open(args):
+def _open(args, *, lm=None):
+    """``(Accelerator, transport)`` for ``--backend``; a golden or simulated device gets the on-chip
+    LM step of sizes ``lm`` (an :class:`LMParams`) when given; a board has what it was built with."""
     from .accelerator import Accelerator
     from .transport import GoldenTransport, SerialTransport, SimTransport
     params = CONFIGS[args.config]
     if args.backend == "golden":
-        transport = GoldenTransport(params)
+        transport = GoldenTransport(params, lm=lm)
     elif args.backend == "sim":
-        transport = SimTransport(params, name=args.config)
+        transport = SimTransport(params, name=args.config, lm=lm)
     else:
         # without --port: the one attached board's FTDI UART, found by USB VID:PID
         transport = SerialTransport(args.port, baudrate=args.baud)
@@ -49,6 +51,7 @@ def _device_info(args):
     acc, transport = _open(args)
     with transport:
         out = {"backend": args.backend, **acc.info, "capacity": acc.capacity()}
+    out["lm"] = out["lm"].as_dict() if out["lm"] is not None else None
     print(json.dumps(out, indent=2) if args.json else "\n".join(f"{k}: {v}" for k, v in out.items()))
     return 0
 
@@ -180,9 +183,15 @@ def main(argv=None):
     p_g.add_argument("--temperature", type=float, default=0.5, help="0: greedy")
     p_g.add_argument("--top-k", type=int, default=40, help="0: no top-k cut")
     p_g.add_argument("--seed", type=int, default=0)
-    p_g.add_argument("--arith", choices=["float", "integer"], default="float",
-                     help="float: the host's float32 runtime; integer: the on-chip step's fixed-point "
-                          "program and token rule (MatMul-free models), products still on the device")
+    p_g.add_argument("--mode", choices=["auto", "device", "host"], default="auto",
+                     help="device: the whole LM step on the device (MatMul-free models; one request per "
+                          "generation); host: the model on the host, every ternary product on the device; "
+                          "auto (default): device where the model and the device allow it, else host")
+    p_g.add_argument("--arith", choices=["float", "integer"], default=None,
+                     help="host mode's arithmetic (giving it selects host mode): float (default), the host's "
+                          "float32 runtime; integer, the on-chip step's fixed-point program and token rule on "
+                          "the host (MatMul-free models), products still on the device")
+    p_g.add_argument("--stop", type=int, help="a token id that ends the generation (it is emitted, as the last token)")
     p_g.add_argument("--json", action="store_true", help="print one JSON object (tokens, text, stats) at the end")
     p_g.add_argument("--quiet", action="store_true", help="no progress or loading messages on stderr")
     p_g.set_defaults(func=_generate)

@@ -61,13 +61,14 @@ class Transport(abc.ABC):
 
 class GoldenTransport(Transport):
     """The golden device model behind a byte pipe. ``idle_timeout()`` delivers the device's
-    inter-byte timeout (a real link gets it by waiting)."""
+    inter-byte timeout (a real link gets it by waiting). ``lm`` (an :class:`LMParams`): the
+    device runs the on-chip LM step (GENERATE) too."""
 
     quiet_s = 0.0   # a read that finds nothing delivers the idle timeout at once
 
-    def __init__(self, params, *, clock_hz=12_000_000):
+    def __init__(self, params, *, clock_hz=12_000_000, lm=None):
         from ..sim.device_model import DeviceModel
-        self.device = DeviceModel(params, clock_hz=clock_hz)
+        self.device = DeviceModel(params, clock_hz=clock_hz, lm=lm)
         self._rx = bytearray()
 
     def write(self, data):
@@ -152,7 +153,10 @@ class SimTransport(SerialTransport):
         The :class:`~tritium.hw.device.LinkDevice` to simulate.
     name : str
         Names the simulator build (one per name and engine, reused by later starts) and the
-        waveform file.
+        waveform file; ``-lm`` is appended for a device with the LM step.
+    lm : LMParams or None
+        Simulate the device with the on-chip LM step of these sizes (WRITE_MEM, LM_CONFIG,
+        GENERATE); ``None``: without it.
     engine : ``"verilator"`` or ``"cocotb"``
         ``"verilator"`` (the default; :data:`ENGINE_ENV` overrides the default): Tritium's C++
         harness (``sim/harness/``) clocks the device, no Python per clock (millions of cycles/s);
@@ -178,10 +182,12 @@ class SimTransport(SerialTransport):
     quiet_s = 1.5   # both harnesses run the device's timeout out after 0.5 s of host silence
 
     def __init__(self, params, *, name="device", engine=None, waves=None, waves_from=None, waves_cycles=None,
-                 start_timeout=600):
+                 start_timeout=600, lm=None):
         import tempfile
 
         from ..sim.golden import TritiumValueError
+        if lm is not None:
+            name += "-lm"   # its own build: a device with the LM step is another design
         engine = engine or os.environ.get(ENGINE_ENV) or "verilator"
         if engine not in SIM_ENGINES:
             raise TritiumValueError(f"simulation engine {engine!r} is not one of {', '.join(SIM_ENGINES)}")
@@ -198,12 +204,12 @@ class SimTransport(SerialTransport):
         self.waves_path = None
         if engine == "cocotb":
             from ..sim.runner import build_device_sim
-            run_dir = pathlib.Path(build_device_sim(params, name=name))
+            run_dir = pathlib.Path(build_device_sim(params, name=name, lm=lm))
             cmd = [sys.executable, "-m", "tritium.sim.runner", "--serve-device", name, "--serve-dir"]
         else:
             from ..sim.runner import DEVICE_TIMEOUT_CYCLES, build_fast_device_sim, wave_format
             try:
-                exe = build_fast_device_sim(params, name=name, waves=bool(waves))
+                exe = build_fast_device_sim(params, name=name, waves=bool(waves), lm=lm)
             except RuntimeError as e:   # no Verilator, no compiler, or a failed build (its log named)
                 raise TransportError(str(e)) from None
             run_dir = exe.parent.parent

@@ -12,24 +12,66 @@ import os
 import pathlib
 import sys
 
-from amaranth.hdl import Elaboratable, Module
+from amaranth.hdl import ClockDomain, ClockSignal, Elaboratable, Instance, Module, ResetSignal, Signal
 from amaranth.lib import io
+from amaranth.lib.cdc import ResetSynchronizer
 
 from ..paths import build_dir
-from .params import CONFIGS, EngineParams
+from .params import CONFIGS, LM_DEFAULT, EngineParams
 from .uart import UartLink
 
 __all__ = ["BOARDS", "BoardTop", "board_platform", "board_build_dir", "bitstream_path", "build_plan", "build",
-           "main"]
+           "ice40_pll", "ecp5_pll", "main"]
 
-#: board -> (platform factory, engine parameters, baud)
-#: iCEBreaker: 12 MHz oscillator, FT2232H; weights in the four SPRAMs (512K trits).
-#: ULX3S 85F: 25 MHz oscillator, FT231X; weights in 64 DP16KD (16384 x 64 bits, 512K trits).
+#: board -> (platform factory, engine parameters, baud, LM step sizes or None, system clock in Hz)
+#: iCEBreaker: 12 MHz oscillator, FT2232H; weights in the four SPRAMs (512K trits). The LM step
+#: does not fit beside the engine in the UP5K's 5,280 cells yet (docs/vector.md): the board is the
+#: matrix-vector coprocessor.
+#: ULX3S 85F: 25 MHz oscillator, FT231X; weights in 64 DP16KD (16384 x 64 bits, 512K trits), and
+#: the whole LM step on the chip.
+#: The system clocks come from each board's PLL: the highest whole-MHz frequency (the UART divides
+#: it to 1 Mbaud exactly) that met timing on nextpnr seeds 1, 2 and 3 (docs/perf/boards.md).
 BOARDS = {
-    "icebreaker": ("amaranth_boards.icebreaker:ICEBreakerPlatform", CONFIGS["up5k-spram"], 1_000_000),
+    "icebreaker": ("amaranth_boards.icebreaker:ICEBreakerPlatform", CONFIGS["up5k-spram"], 1_000_000, None,
+                   24_000_000),
     "ulx3s-85f": ("amaranth_boards.ulx3s:ULX3S_85F_Platform",
-                  EngineParams(lanes=8, trits=4, packing="trit2", max_k=2048, weight_depth=16384), 1_000_000),
+                  EngineParams(lanes=8, trits=4, packing="trit2", max_k=2048, weight_depth=16384), 1_000_000,
+                  LM_DEFAULT, 20_000_000),
 }
+
+
+def ice40_pll(f_in, f_out):
+    """``SB_PLL40`` parameters for ``f_out`` from ``f_in`` (Hz), exactly: ``{DIVR, DIVF, DIVQ,
+    FILTER_RANGE}`` with ``f_out = f_in * (DIVF + 1) / ((DIVR + 1) * 2**DIVQ)``, the phase detector
+    at 10..133 MHz and the VCO at 533..1066 MHz (iCE40 sysCLOCK PLL guide). Raises ``ValueError``
+    when no setting gives ``f_out`` exactly."""
+    for divr in range(16):
+        pfd = f_in / (divr + 1)
+        if not 10e6 <= pfd <= 133e6:
+            continue
+        for divq in range(1, 7):
+            vco = f_out * 2 ** divq
+            if not 533e6 <= vco <= 1066e6:
+                continue
+            divf = vco / pfd - 1
+            if divf == int(divf) and 0 <= divf < 128:
+                fr = next(i for i, top in enumerate((17e6, 26e6, 44e6, 66e6, 101e6, 1e12), 1) if pfd < top)
+                return {"DIVR": divr, "DIVF": int(divf), "DIVQ": divq, "FILTER_RANGE": fr}
+    raise ValueError(f"the iCE40 PLL cannot make {f_out / 1e6} MHz from {f_in / 1e6} MHz exactly")
+
+
+def ecp5_pll(f_in, f_out):
+    """``EHXPLLL`` dividers for ``f_out`` from ``f_in`` (Hz), exactly: ``{CLKI_DIV, CLKFB_DIV,
+    CLKOP_DIV}`` with ``f_out = f_in * CLKFB_DIV / CLKI_DIV`` (feedback from CLKOP) and the VCO
+    ``f_out * CLKOP_DIV`` at 400..800 MHz, the phase detector at 3.125 MHz or more (ECP5 sysCLOCK guide). Raises ``ValueError`` otherwise."""
+    for clki in range(1, 129):
+        for clkfb in range(1, 81):
+            if f_in * clkfb != f_out * clki or f_in / clki < 3.125e6:
+                continue
+            for clkop in range(1, 129):
+                if 400e6 <= f_out * clkop <= 800e6:
+                    return {"CLKI_DIV": clki, "CLKFB_DIV": clkfb, "CLKOP_DIV": clkop}
+    raise ValueError(f"the ECP5 PLL cannot make {f_out / 1e6} MHz from {f_in / 1e6} MHz exactly")
 
 
 def board_platform(board):
@@ -39,18 +81,62 @@ def board_platform(board):
 
 
 class BoardTop(Elaboratable):
-    """The device on a board: UART to the FTDI bridge, LEDs for busy and error."""
+    """The device on a board: the system clock from the PLL (held in reset until it locks),
+    UART to the FTDI bridge, LEDs for busy and error.
 
-    def __init__(self, board):
+    ``clock_hz`` overrides the board's system clock (a whole number of MHz the PLL makes exactly);
+    ``lm`` (an :class:`LMParams`, or ``False`` for none) overrides whether it runs the LM step;
+    ``pll=False`` clocks the design from the oscillator directly (the gate-level simulation's
+    netlist: the cell libraries have no PLL model)."""
+
+    def __init__(self, board, *, clock_hz=None, lm=None, pll=True):
         if board not in BOARDS:
             raise ValueError(f"unknown board {board!r}; choose from {list(BOARDS)}")
         self.board = board
-        _, self.params, self.baud = BOARDS[board]
+        _, self.params, self.baud, board_lm, board_clock = BOARDS[board]
+        self.lm = board_lm if lm is None else (lm or None)
+        self.pll = pll
+        if not pll:
+            if clock_hz is not None:
+                raise ValueError("clock_hz needs the PLL")
+            clock_hz = board_platform(board).default_clk_frequency
+        self.clock_hz = int(clock_hz or board_clock)
+        if self.clock_hz % self.baud:
+            raise ValueError(f"clock {self.clock_hz} Hz is not a whole multiple of the {self.baud} baud UART")
+
+    def _pll(self, m, platform):
+        f_in = platform.default_clk_frequency
+        clk_pin = platform.request(platform.default_clk, dir="-")
+        m.domains.sync = ClockDomain("sync")
+        clk = Signal(name="pll_clk")   # the PLL output, named so that it can carry the timing constraint
+        locked = Signal()
+        if self.board == "icebreaker":
+            p = ice40_pll(f_in, self.clock_hz)
+            m.submodules.pll = Instance(
+                "SB_PLL40_PAD", p_FEEDBACK_PATH="SIMPLE", p_DIVR=p["DIVR"], p_DIVF=p["DIVF"], p_DIVQ=p["DIVQ"],
+                p_FILTER_RANGE=p["FILTER_RANGE"], i_PACKAGEPIN=clk_pin.io, i_RESETB=1, i_BYPASS=0,
+                o_PLLOUTGLOBAL=clk, o_LOCK=locked)
+        else:
+            m.submodules.clk_buf = buf = io.Buffer("i", clk_pin)
+            p = ecp5_pll(f_in, self.clock_hz)
+            m.submodules.pll = Instance(
+                "EHXPLLL", p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED", p_STDBY_ENABLE="DISABLED",
+                p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA", p_CLKOP_ENABLE="ENABLED",
+                p_CLKI_DIV=p["CLKI_DIV"], p_CLKFB_DIV=p["CLKFB_DIV"], p_CLKOP_DIV=p["CLKOP_DIV"],
+                p_CLKOP_CPHASE=p["CLKOP_DIV"] - 1, p_CLKOP_FPHASE=0, p_FEEDBK_PATH="CLKOP",
+                i_CLKI=buf.i, i_CLKFB=clk, i_RST=0, i_STDBY=0, i_PHASESEL0=0, i_PHASESEL1=0, i_PHASEDIR=0,
+                i_PHASESTEP=0, i_PHASELOADREG=0, i_PLLWAKESYNC=0, i_ENCLKOP=0,
+                o_CLKOP=clk, o_LOCK=locked, a_FREQUENCY_PIN_CLKI=str(f_in / 1e6),
+                a_FREQUENCY_PIN_CLKOP=str(self.clock_hz / 1e6))
+        platform.add_clock_constraint(clk, self.clock_hz)
+        m.d.comb += ClockSignal("sync").eq(clk)
+        m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")
 
     def elaborate(self, platform):
         m = Module()
-        clock_hz = int(platform.default_clk_frequency)
-        m.submodules.link = link = UartLink(params=self.params, clock_hz=clock_hz, baud=self.baud)
+        if self.pll:
+            self._pll(m, platform)
+        m.submodules.link = link = UartLink(params=self.params, clock_hz=self.clock_hz, baud=self.baud, lm=self.lm)
         uart = platform.request("uart", 0, dir="-")
         m.submodules.uart_rx = rx = io.Buffer("i", uart.rx)
         m.submodules.uart_tx = tx = io.Buffer("o", uart.tx)
@@ -97,11 +183,12 @@ def build_plan(board, top=None, **opts):
     return board_platform(board).prepare(top if top is not None else BoardTop(board), name="top", **opts)
 
 
-def build(board, *, seed=1):
-    """Build ``board``'s bitstream; returns the report dict (also written to report.json)."""
-    top = BoardTop(board)
+def build(board, *, seed=1, clock_hz=None, out=None):
+    """Build ``board``'s bitstream (system clock ``clock_hz``, default the board's) into ``out``
+    (default :func:`board_build_dir`); returns the report dict (also written to report.json)."""
+    top = BoardTop(board, clock_hz=clock_hz)
     platform = board_platform(board)
-    out = board_build_dir(board)
+    out = pathlib.Path(out) if out is not None else board_build_dir(board)
     opts = {"nextpnr_opts": f"--seed {seed} --report report.json --timing-allow-fail"}
     # prepare + execute_local rather than platform.build: the build script runs in its own
     # environment, and no programmer tool is required just to build (nothing is programmed here)
@@ -113,7 +200,7 @@ def build(board, *, seed=1):
         logic, ram, spram, dsp = "ICESTORM_LC", "ICESTORM_RAM", "ICESTORM_SPRAM", "ICESTORM_DSP"
     else:
         logic, ram, spram, dsp = "TRELLIS_COMB", "DP16KD", None, "MULT18X18D"
-    clock_mhz = platform.default_clk_frequency / 1e6
+    clock_mhz = top.clock_hz / 1e6
     fmax = min(v["achieved"] for v in rep["fmax"].values())
     p = top.params
     report = {
@@ -125,7 +212,8 @@ def build(board, *, seed=1):
         "dsp": {"kind": dsp, "used": util.get(dsp, {}).get("used", 0)},
         "ff_used": util.get("TRELLIS_FF", {}).get("used"),
         "clock_mhz": clock_mhz, "fmax_mhz": round(fmax, 2), "timing_met": fmax >= clock_mhz,
-        "baud": top.baud, "bitstream": str(bitstream_path(board)),
+        "baud": top.baud, "bitstream": str(out / bitstream_path(board).name),
+        "lm": top.lm.as_dict() if top.lm else None, "oscillator_mhz": platform.default_clk_frequency / 1e6,
     }
     (out / "nextpnr-report.json").write_text(json.dumps(rep, indent=2))
     (out / "report.json").write_text(json.dumps(report, indent=2))

@@ -11,7 +11,7 @@ from amaranth.lib.wiring import In, Out
 from ..sim.cost import matvec_device_cycles  # the cost model, pure Python: re-exported here
 from . import protocol as P
 from .engine import TernaryMatVec
-from .params import EngineParams, rejected
+from .params import EngineParams, LMParams, rejected
 
 SLOT_BITS = (P.SLOTS - 1).bit_length()
 
@@ -131,6 +131,10 @@ class LinkDevice(wiring.Component):
     timeout_cycles : int
         A frame with no byte for this many cycles part-way is dropped (:attr:`Err.TIMEOUT`); the
         same silence ends the skip after an oversize length (also with TIMEOUT).
+    lm : LMParams or None
+        With it, the device also runs the whole LM step (:class:`tritium.hw.lmcore.LMCore`):
+        WRITE_MEM, LM_CONFIG and GENERATE. GENERATE answers with a frame per token as the core
+        makes it; the link takes no request meanwhile (a UART front end buffers what arrives).
 
     Members
     -------
@@ -146,9 +150,12 @@ class LinkDevice(wiring.Component):
     in_frame : Out(1)
         A request frame has started and is not complete, or the payload of a frame refused for
         an oversize length is being skipped (until its declared end or the idle timeout).
+    activity : Out(3) (with ``lm`` only)
+        For performance counters: bit 0 a generation runs, bit 1 the engine is busy, bit 2 the
+        vector unit is busy.
     """
 
-    def __init__(self, *, params, clock_hz=12_000_000, timeout_cycles=1 << 16):
+    def __init__(self, *, params, clock_hz=12_000_000, timeout_cycles=1 << 16, lm=None):
         if not isinstance(params, EngineParams):
             raise rejected(self, TypeError(f"params must be an EngineParams, not {params!r}"))
         try:
@@ -157,16 +164,29 @@ class LinkDevice(wiring.Component):
             raise rejected(self, e) from None
         if not isinstance(timeout_cycles, int) or timeout_cycles < 2:
             raise rejected(self, ValueError(f"timeout_cycles = {timeout_cycles!r} must be an integer >= 2"))
+        if lm is not None and not isinstance(lm, LMParams):
+            raise rejected(self, TypeError(f"lm must be an LMParams or None, not {lm!r}"))
         self._params = params
         self._clock_hz = clock_hz
         self._timeout = timeout_cycles
+        self._lm = lm
         self.engine = TernaryMatVec(params=params)
-        super().__init__({"rx": In(stream.Signature(8)), "tx": Out(stream.Signature(8)),
-                          "busy": Out(1), "error": Out(1), "in_frame": Out(1)})
+        if lm is not None:
+            from .lmcore import LMCore
+            self.core = LMCore(params=params, lm=lm)
+        members = {"rx": In(stream.Signature(8)), "tx": Out(stream.Signature(8)),
+                   "busy": Out(1), "error": Out(1), "in_frame": Out(1)}
+        if lm is not None:
+            members["activity"] = Out(3)
+        super().__init__(members)
 
     @property
     def params(self):
         return self._params
+
+    @property
+    def lm(self):
+        return self._lm
 
     def elaborate(self, platform):
         m = Module()
@@ -196,7 +216,8 @@ class LinkDevice(wiring.Component):
         idx = Signal(16)
         crc = Signal(16)
         crc_lo = Signal(8)
-        pb = [Signal(8, name=f"pb{i}") for i in range(7)]  # first payload bytes
+        lm = self._lm
+        pb = [Signal(8, name=f"pb{i}") for i in range(12 if lm else 7)]  # first payload bytes
         wpos = Signal(range(max(word_bytes, 2)))            # payload position mod word_bytes after 2
         expected = Signal(8)
         frames_ok, errors, last_error = Signal(16), Signal(16), Signal(8)
@@ -232,8 +253,24 @@ class LinkDevice(wiring.Component):
         vi = Signal(range(p.lanes + 1))
         bi = Signal(range(acc_bytes + 1))
         bidx = Signal(range(p.lanes * acc_bytes + 1))
-        ident = P.identify_payload(p, self._clock_hz)
+        ident = P.identify_payload(p, self._clock_hz, lm)
         ridx = Signal(range(max(len(ident), 8) + 1))
+
+        if lm:
+            from .lmcore import OUT_END, OUT_TOKEN, run_layout
+            m.submodules.core = core = self.core
+            slot_rd2 = slots.read_port(transparent_for=())
+            m.d.comb += [slot_rd2.addr.eq(core.slot_addr), core.slot.eq(slot_rd2.data),
+                         core.slot_valid.eq(slot_valid), core.eng_busy.eq(eng.busy),
+                         core.res.valid.eq(eng.res.valid), core.res.payload.eq(eng.res.payload)]
+            lm_ready = Signal()                      # LM_CONFIG accepted (cleared by RESET)
+            lm_cfg = Signal(run_layout(lm))          # LM_CONFIG's fields, then GENERATE's
+            ibytes = P.instruction_bytes(lm)
+            mem_space = Signal(8)
+            mem_addr = Signal(33)
+            mword = Signal(8 * ibytes)
+            mcount = Signal(range(ibytes + 1))
+            gen_token, gen_count, gen_reason = Signal(8), Signal(16), Signal()
 
         def start_reply(code_op, n):
             m.d.comb += [ftx.hdr.valid.eq(1), ftx.hdr.payload.seq.eq(seq), ftx.hdr.payload.op.eq(code_op),
@@ -329,6 +366,8 @@ class LinkDevice(wiring.Component):
                         with m.Else():
                             m.d.sync += [slot_valid.eq(0), frames_ok.eq(0), errors.eq(0), last_error.eq(0),
                                          count_reply.eq(0)]
+                            if lm:
+                                m.d.sync += lm_ready.eq(0)
                             m.next = "REPLY_EMPTY"
                     with m.Case(P.Op.WRITE_WEIGHTS):
                         with m.If((length < 2 + word_bytes) | (wpos != 0)):
@@ -356,6 +395,40 @@ class LinkDevice(wiring.Component):
                             fail(P.Err.EMPTY_SLOT)
                         with m.Else():
                             m.next = "MV_SLOT"
+                    if lm:
+                        with m.Case(P.Op.WRITE_MEM):
+                            with m.If(length < P.WRITE_MEM_HEADER.size):
+                                fail(P.Err.BAD_LENGTH)
+                            with m.Elif(pb[0] > max(P.Space)):
+                                fail(P.Err.OUT_OF_RANGE)
+                            with m.Else():
+                                m.d.sync += [mem_space.eq(pb[0]), mem_addr.eq(Cat(*pb[1:5])),
+                                             rd_idx.eq(P.WRITE_MEM_HEADER.size), words_sum.eq(0)]
+                                m.next = "WM_COUNT"
+                        with m.Case(P.Op.LM_CONFIG):
+                            step_start, prog_end, logits, vocab = (Cat(pb[i], pb[i + 1]) for i in (0, 2, 4, 6))
+                            with m.If(length != P.LM_CONFIG_LAYOUT.size):
+                                fail(P.Err.BAD_LENGTH)
+                            with m.Elif((step_start >= prog_end) | (prog_end > lm.prog_depth) | (vocab == 0) |
+                                        (vocab > lm.max_vocab) | (logits + vocab > lm.vmem_depth)):
+                                fail(P.Err.OUT_OF_RANGE)
+                            with m.Else():
+                                m.d.sync += [lm_ready.eq(1), lm_cfg.step_start.eq(step_start),
+                                             lm_cfg.prog_end.eq(prog_end), lm_cfg.logits.eq(logits),
+                                             lm_cfg.vocab.eq(vocab)]
+                                m.next = "REPLY_EMPTY"
+                        with m.Case(P.Op.GENERATE):
+                            with m.If(length < P.GENERATE_LAYOUT.size + 1):
+                                fail(P.Err.BAD_LENGTH)
+                            with m.Elif(~lm_ready):
+                                fail(P.Err.NOT_LOADED)
+                            with m.Elif(Cat(pb[0], pb[1]) == 0):
+                                fail(P.Err.OUT_OF_RANGE)
+                            with m.Else():
+                                m.d.sync += [rd_idx.eq(P.GENERATE_LAYOUT.size), lm_cfg.max_tokens.eq(Cat(pb[0], pb[1])),
+                                             lm_cfg.seed.eq(Cat(*pb[2:6])), lm_cfg.inv_temperature.eq(Cat(pb[6], pb[7])),
+                                             lm_cfg.top_k.eq(Cat(pb[8], pb[9])), lm_cfg.stop.eq(Cat(pb[10], pb[11]))]
+                                m.next = "GEN_SCAN"
                     with m.Default():
                         fail(P.Err.UNKNOWN_OP)
 
@@ -484,6 +557,121 @@ class LinkDevice(wiring.Component):
                     with m.Else():
                         m.d.sync += bi.eq(bi + 1)
 
+            if lm:
+                # -- WRITE_MEM: count and check the elements, then write them one by one -------
+                ebytes = Mux(mem_space == P.Space.PROGRAM, ibytes, Mux(mem_space == P.Space.SCALE, 2, 1))
+                depth = Mux(mem_space == P.Space.PROGRAM, lm.prog_depth,
+                            Mux(mem_space == P.Space.CONST, lm.cmem_depth,
+                                Mux(mem_space == P.Space.EMBED, lm.embed_depth, lm.max_vocab)))
+                with m.State("WM_COUNT"):
+                    with m.If(rd_idx < length):
+                        m.d.sync += [rd_idx.eq(rd_idx + ebytes), words_sum.eq(words_sum + 1)]
+                    with m.Elif((rd_idx != length) | (words_sum == 0)):
+                        fail(P.Err.BAD_LENGTH)
+                    with m.Elif(mem_addr + words_sum > depth):
+                        fail(P.Err.OUT_OF_RANGE)
+                    with m.Else():
+                        m.d.sync += [rd_idx.eq(P.WRITE_MEM_HEADER.size), mcount.eq(0)]
+                        m.next = "WM_READ"
+                with m.State("WM_READ"):
+                    m.d.comb += buf_rd.addr.eq(rd_idx)
+                    m.next = "WM_BYTE"
+                with m.State("WM_BYTE"):
+                    m.d.sync += [mword.eq(Cat(mword[8:], buf_rd.data)), rd_idx.eq(rd_idx + 1), mcount.eq(mcount + 1)]
+                    with m.If(mcount == ebytes - 1):
+                        m.next = "WM_WRITE"
+                    with m.Else():
+                        m.next = "WM_READ"
+                with m.State("WM_WRITE"):
+                    # the element's bytes sit at the top of `mword`, little-endian
+                    written = Signal()
+                    m.d.comb += [core.prog_wr.payload.addr.eq(mem_addr), core.prog_wr.payload.data.eq(mword),
+                                 core.cload.payload.addr.eq(mem_addr), core.cload.payload.data.eq(mword[-8:]),
+                                 core.embed_wr.payload.addr.eq(mem_addr), core.embed_wr.payload.data.eq(mword[-8:]),
+                                 core.scale_wr.payload.addr.eq(mem_addr), core.scale_wr.payload.data.eq(mword[-16:])]
+                    with m.Switch(mem_space):
+                        for space, port in ((P.Space.PROGRAM, core.prog_wr), (P.Space.CONST, core.cload),
+                                            (P.Space.EMBED, core.embed_wr), (P.Space.SCALE, core.scale_wr)):
+                            with m.Case(space):
+                                m.d.comb += [port.valid.eq(1), written.eq(port.ready)]
+                    with m.If(written):
+                        m.d.sync += [mem_addr.eq(mem_addr + 1), mcount.eq(0)]
+                        with m.If(rd_idx >= length):
+                            m.next = "REPLY_EMPTY"
+                        with m.Else():
+                            m.next = "WM_READ"
+
+                # -- GENERATE: check the prompt, then run the core and frame what it makes ------
+                with m.State("GEN_SCAN"):
+                    m.d.comb += buf_rd.addr.eq(rd_idx)
+                    m.next = "GEN_SCAN_BYTE"
+                with m.State("GEN_SCAN_BYTE"):
+                    with m.If(buf_rd.data >= lm_cfg.vocab):
+                        fail(P.Err.OUT_OF_RANGE)
+                    with m.Elif(rd_idx == length - 1):
+                        m.next = "GEN_RUN"
+                    with m.Else():
+                        m.d.sync += rd_idx.eq(rd_idx + 1)
+                        m.next = "GEN_SCAN"
+                with m.State("GEN_RUN"):
+                    m.d.comb += [core.run.valid.eq(1), core.run.payload.eq(lm_cfg)]
+                    with m.If(core.run.ready):
+                        m.d.sync += rd_idx.eq(P.GENERATE_LAYOUT.size)
+                        m.next = "GEN_READ"
+
+                def take_fault():
+                    # the core stops feeding on a fault during the prompt: answer its error
+                    m.d.comb += core.out.ready.eq(1)
+                    with m.If(core.out.valid):
+                        fail(core.out.payload.code)
+
+                with m.State("GEN_READ"):
+                    m.d.comb += buf_rd.addr.eq(rd_idx)
+                    m.next = "GEN_FEED"
+                    take_fault()
+                with m.State("GEN_FEED"):
+                    last = rd_idx == length - 1
+                    m.d.comb += [buf_rd.addr.eq(rd_idx), buf_rd.en.eq(0), core.prompt.valid.eq(1),
+                                 core.prompt.payload.token.eq(buf_rd.data), core.prompt.payload.last.eq(last)]
+                    with m.If(core.prompt.ready):
+                        m.d.sync += rd_idx.eq(rd_idx + 1)
+                        with m.If(last):
+                            m.next = "GEN_OUT"
+                        with m.Else():
+                            m.next = "GEN_READ"
+                    take_fault()
+                with m.State("GEN_OUT"):
+                    m.d.comb += core.out.ready.eq(1)
+                    with m.If(core.out.valid):
+                        m.d.sync += [gen_token.eq(core.out.payload.token), gen_count.eq(core.out.payload.count),
+                                     gen_reason.eq(core.out.payload.reason), ridx.eq(0)]
+                        with m.Switch(core.out.payload.kind):
+                            with m.Case(OUT_TOKEN):
+                                m.next = "GEN_TOKEN"
+                            with m.Case(OUT_END):
+                                m.next = "GEN_END"
+                            with m.Default():
+                                fail(core.out.payload.code)
+                with m.State("GEN_TOKEN"):
+                    start_reply(op | P.REPLY, 1)
+                    with m.If(ftx.hdr.ready):
+                        m.next = "GEN_TOKEN_DATA"
+                with m.State("GEN_TOKEN_DATA"):
+                    m.d.comb += [ftx.data.valid.eq(1), ftx.data.payload.eq(gen_token)]
+                    with m.If(ftx.data.ready):
+                        m.next = "GEN_OUT"
+                with m.State("GEN_END"):
+                    start_reply(op | P.REPLY, P.GENERATE_END_LAYOUT.size)
+                    with m.If(ftx.hdr.ready):
+                        m.next = "GEN_END_DATA"
+                with m.State("GEN_END_DATA"):
+                    m.d.comb += [ftx.data.valid.eq(1),
+                                 ftx.data.payload.eq(Cat(gen_count, gen_reason.as_unsigned(), Const(0, 7)).word_select(ridx, 8))]
+                    with m.If(ftx.data.ready):
+                        m.d.sync += ridx.eq(ridx + 1)
+                        with m.If(ridx == P.GENERATE_END_LAYOUT.size - 1):
+                            m.next = "DONE"
+
             # -- error replies and completion --------------------------------------------------------
             with m.State("ERROR"):
                 start_reply(P.ERROR, 3)
@@ -523,4 +711,12 @@ class LinkDevice(wiring.Component):
                 with m.Else():
                     m.d.sync += timer.eq(timer + 1)
 
+        if lm:
+            m.d.comb += self.activity.eq(Cat(core.busy, eng.busy, core.vector.busy))
+            # the engine belongs to the core while a generation runs
+            with m.If(core.busy):
+                m.d.comb += [eng.cmd.valid.eq(core.cmd.valid), eng.cmd.payload.eq(core.cmd.payload),
+                             core.cmd.ready.eq(eng.cmd.ready), eng.act.valid.eq(core.act.valid),
+                             eng.act.payload.eq(core.act.payload), core.act.ready.eq(eng.act.ready),
+                             eng.res.ready.eq(core.res.ready)]
         return m

@@ -10,7 +10,8 @@ import dataclasses
 from ..sim import golden
 from ..sim.golden import Packing, TritiumValueError
 
-__all__ = ["rejected", "EngineParams", "MEMORY_KINDS", "SPRAM_DEPTH", "SPRAM_WIDTH", "DEFAULT", "CONFIGS"]
+__all__ = ["rejected", "EngineParams", "LMParams", "MEMORY_KINDS", "SPRAM_DEPTH", "SPRAM_WIDTH", "DEFAULT", "CONFIGS",
+           "LM_DEFAULT"]
 
 #: ``"bram"``: an ``amaranth.lib.memory.Memory`` (block RAM: iCE40 EBR, ECP5 DP16KD);
 #: ``"spram"``: iCE40 UP5K ``SB_SPRAM256KA`` blocks, 16 bits wide, 16384 deep each.
@@ -204,3 +205,59 @@ CONFIGS = {
     "default-reg": EngineParams(lanes=8, trits=4, packing="trit2", max_k=1024, weight_depth=512,
                                 read_register=True),
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class LMParams:
+    """Sizes of the on-chip LM step beside an engine (:class:`tritium.hw.lmcore.LMCore`).
+
+    Parameters
+    ----------
+    vmem_depth : int
+        Vector memory words (int32 Q16.16), at most 65536.
+    cmem_depth : int
+        Constant memory (int8 mantissas), at most 65536.
+    prog_depth : int
+        Program memory (instructions), at most 65536.
+    embed_depth : int
+        Embedding memory (int8 values, ``vocab * hidden`` of a model), at most 2**24.
+    max_vocab : int
+        Most tokens a model may have (2 .. 256: tokens travel as bytes); also the depth of the
+        embedding's per-row scale memory.
+    """
+    vmem_depth: int = 2048
+    cmem_depth: int = 8192
+    prog_depth: int = 256
+    embed_depth: int = 32768
+    max_vocab: int = 256
+
+    def __init__(self, *, vmem_depth=2048, cmem_depth=8192, prog_depth=256, embed_depth=32768, max_vocab=256):
+        for name, value, top in (("vmem_depth", vmem_depth, 1 << 16), ("cmem_depth", cmem_depth, 1 << 16),
+                                 ("prog_depth", prog_depth, 1 << 16), ("embed_depth", embed_depth, 1 << 24),
+                                 ("max_vocab", max_vocab, 256)):
+            _positive_int(name, value, maximum=top)
+            object.__setattr__(self, name, value)
+        if max_vocab < 2:
+            raise TritiumValueError(f"max_vocab = {max_vocab} must be at least 2")
+
+    @property
+    def addr_bits(self):
+        """Width of a vector-memory address in an instruction."""
+        return max(1, (self.vmem_depth - 1).bit_length())
+
+    @property
+    def caddr_bits(self):
+        """Width of a constant-memory address (or matrix number) in an instruction."""
+        return max(1, (self.cmem_depth - 1).bit_length())
+
+    def as_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(**d)
+
+
+#: The on-chip LM step sized for the shipped MatMul-free model (1,408 vector words, 4,608 constant
+#: bytes, 150 instructions, a 256 x 128 embedding) with room to spare.
+LM_DEFAULT = LMParams()

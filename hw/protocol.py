@@ -22,18 +22,20 @@ import enum
 import struct
 
 from ..sim.golden import Packing, TritiumValueError  # Packing: the spec's, with its link code (.code)
-from .params import MEMORY_KINDS
+from .params import MEMORY_KINDS, LMParams
 
 __all__ = ["check_link_params", "SYNC", "ERROR", "REPLY", "VERSION", "MAGIC", "SLOTS", "HEADER_BYTES", "IDLE_TIMEOUT_BYTES",
            "Op", "Err", "Packing", "crc16", "encode_frame", "FrameDecoder", "ProtocolError",
            "identify_payload", "parse_identify", "acc_bytes", "matvec_link_bytes", "max_payload",
            "max_link_rows", "IDEMPOTENT", "SEQ_CONSUMING_ERRORS", "MEMORY_CODES", "FLAG_READ_REGISTER",
-           "SET_SLOT_LAYOUT", "STATUS_LAYOUT", "ERROR_LAYOUT", "IDENTIFY_LAYOUT"]
+           "SET_SLOT_LAYOUT", "STATUS_LAYOUT", "ERROR_LAYOUT", "IDENTIFY_LAYOUT", "FLAG_LM", "Space",
+           "WRITE_MEM_HEADER", "LM_CONFIG_LAYOUT", "GENERATE_LAYOUT", "GENERATE_END_LAYOUT", "NO_STOP", "Stop",
+           "space_depth", "space_element_bytes", "instruction_bytes", "generate_payload"]
 
 SYNC = 0x54          # 'T'
 REPLY = 0x80         # reply op = request op | REPLY
 ERROR = 0xFF         # error reply op
-VERSION = 2          # 2: IDENTIFY also reports memory kind, flags and max_rows
+VERSION = 3          # 2: IDENTIFY also reports memory kind, flags and max_rows; 3: and the LM step's sizes
 MAGIC = b"TRIT"
 SLOTS = 32           # named matrix slots on the device (a power of two)
 HEADER_BYTES = 5     # SYNC, seq, op, len_lo, len_hi
@@ -55,6 +57,17 @@ class Op(enum.IntEnum):
     RESET = 0x05
     #: ``[]`` -> ``[frames_ok u16, errors u16, last_error u8]``.
     STATUS = 0x06
+    #: ``[space u8, addr u32, element * n]`` -> ``[]``; writes ``n`` consecutive elements of one
+    #: memory of the LM step (:class:`Space`; devices with the LM step only).
+    WRITE_MEM = 0x07
+    #: ``[step_start u16, prog_end u16, logits u16, vocab u16]`` -> ``[]``; arms GENERATE: the
+    #: reset program is instructions ``0 .. step_start-1``, the token step ``step_start ..
+    #: prog_end-1``, the logits are ``vocab`` words at vector address ``logits``.
+    LM_CONFIG = 0x08
+    #: ``[max_tokens u16, seed u32, inv_temperature u16, top_k u16, stop u16, prompt tokens u8 * n]``
+    #: -> one reply frame per generated token ``[token u8]`` as it is made, then the end frame
+    #: ``[count u16, reason u8]`` (:class:`Stop`). The whole LM step runs on the device.
+    GENERATE = 0x09
 
 
 class Err(enum.IntEnum):
@@ -66,18 +79,20 @@ class Err(enum.IntEnum):
     OUT_OF_RANGE = 6    # address, rows or chunks outside the engine's capacity
     BAD_SEQ = 7
     TIMEOUT = 8         # a frame stopped arriving part-way
+    NOT_LOADED = 9      # GENERATE before LM_CONFIG (or after RESET)
 
 
 #: Requests the host may send again when their reply is lost: executing one twice in a row leaves
 #: the device as executing it once (STATUS counts the retry). A request whose repetition would
 #: change the outcome must not be listed; the host never retries it.
-IDEMPOTENT = frozenset({Op.IDENTIFY, Op.WRITE_WEIGHTS, Op.SET_SLOT, Op.MATVEC, Op.RESET, Op.STATUS})
+IDEMPOTENT = frozenset({Op.IDENTIFY, Op.WRITE_WEIGHTS, Op.SET_SLOT, Op.MATVEC, Op.RESET, Op.STATUS,
+                        Op.WRITE_MEM, Op.LM_CONFIG})   # not GENERATE: its replies stream; a retry would run it twice
 
 #: Error replies to a frame whose CRC checked and whose seq was accepted: that seq is used up (the
 #: device expects ``seq + 1`` next). BAD_CRC, BAD_SEQ, TIMEOUT and a BAD_LENGTH for a length over
 #: :func:`max_payload` (refused from the header) leave the expected seq unchanged.
 SEQ_CONSUMING_ERRORS = frozenset({Err.BAD_LENGTH, Err.UNKNOWN_OP, Err.BAD_SLOT, Err.EMPTY_SLOT,
-                                  Err.OUT_OF_RANGE})
+                                  Err.OUT_OF_RANGE, Err.NOT_LOADED})
 
 #: SET_SLOT payload: slot, base word, rows, chunks.
 SET_SLOT_LAYOUT = struct.Struct("<BHHH")
@@ -85,6 +100,64 @@ SET_SLOT_LAYOUT = struct.Struct("<BHHH")
 STATUS_LAYOUT = struct.Struct("<HHB")
 #: Error reply payload: error code, request op, expected seq.
 ERROR_LAYOUT = struct.Struct("<BBB")
+
+
+class Space(enum.IntEnum):
+    """The memories WRITE_MEM fills, and each element's size on the link."""
+    PROGRAM = 0     #: instructions, :func:`instruction_bytes` each (little-endian bits of the layout)
+    CONST = 1       #: constant mantissas, int8
+    EMBED = 2       #: the embedding, int8, row after row (``token * hidden + i``)
+    SCALE = 3       #: the embedding's per-row scale mantissas, int16 little-endian
+
+
+#: WRITE_MEM payload header: space, first element address.
+WRITE_MEM_HEADER = struct.Struct("<BI")
+#: LM_CONFIG payload: step_start, prog_end, logits address, vocab.
+LM_CONFIG_LAYOUT = struct.Struct("<HHHH")
+#: GENERATE payload header (the prompt tokens follow, at least one): max_tokens (>= 1), seed,
+#: inv_temperature (Q8.8, 0 greedy), top_k (0 all), stop (a token, or :data:`NO_STOP`).
+GENERATE_LAYOUT = struct.Struct("<HIHHH")
+#: GENERATE's end frame: tokens generated, :class:`Stop` reason.
+GENERATE_END_LAYOUT = struct.Struct("<HB")
+#: GENERATE ``stop`` value for no stop token (any value above 255 is none).
+NO_STOP = 0xFFFF
+
+
+class Stop(enum.IntEnum):
+    """Why GENERATE ended (its end frame)."""
+    MAX_TOKENS = 0
+    STOP_TOKEN = 1   #: the stop token was generated (and sent)
+
+
+def instruction_bytes(lm):
+    """Bytes of one program instruction on the link for :class:`LMParams` ``lm``."""
+    from .vector import instruction_layout   # amaranth layouts: imported only when asked
+    from amaranth.hdl import Shape
+    return -(-Shape.cast(instruction_layout(addr_bits=lm.addr_bits, caddr_bits=lm.caddr_bits)).width // 8)
+
+
+def space_element_bytes(lm, space):
+    return {Space.PROGRAM: instruction_bytes(lm), Space.CONST: 1, Space.EMBED: 1, Space.SCALE: 2}[Space(space)]
+
+
+def space_depth(lm, space):
+    """Elements ``space`` holds on a device with :class:`LMParams` ``lm``."""
+    return {Space.PROGRAM: lm.prog_depth, Space.CONST: lm.cmem_depth, Space.EMBED: lm.embed_depth,
+            Space.SCALE: lm.max_vocab}[Space(space)]
+
+
+def generate_payload(prompt, *, max_tokens, seed=0, inv_temperature=0, top_k=0, stop=NO_STOP):
+    """The GENERATE request payload; raises ``ValueError`` for fields that do not fit."""
+    prompt = bytes(prompt)
+    if not prompt:
+        raise ValueError("GENERATE needs at least one prompt token")
+    if not 1 <= max_tokens <= 0xFFFF:
+        raise ValueError(f"max_tokens = {max_tokens} must be in 1..65535")
+    for name, value, top in (("inv_temperature", inv_temperature, 0xFFFF), ("top_k", top_k, 0xFFFF),
+                             ("stop", stop, 0xFFFF)):
+        if not 0 <= value <= top:
+            raise ValueError(f"{name} = {value} must be in 0..{top}")
+    return GENERATE_LAYOUT.pack(max_tokens, seed & 0xFFFFFFFF, inv_temperature, top_k, stop) + prompt
 
 
 class ProtocolError(Exception):
@@ -185,18 +258,24 @@ def matvec_link_bytes(params, m, k):
 
 
 def max_payload(params):
-    """Largest request payload the device accepts: a MATVEC at ``max_k``, or 32 weight words."""
-    return max(1 + params.max_chunks * params.trits, 2 + 32 * -(-params.word_bits // 8), 7)
+    """Largest request payload the device accepts: a MATVEC at ``max_k``, or 32 weight words (at
+    least 269 bytes: a GENERATE with a 256-token prompt, a WRITE_MEM of 256 bytes)."""
+    return max(1 + params.max_chunks * params.trits, 2 + 32 * -(-params.word_bits // 8),
+               GENERATE_LAYOUT.size + 256 + 1)
 
 
 #: The IDENTIFY reply: magic, version, lanes, trits, packing, max_k, weight_depth, acc_bytes,
-#: slots, max_payload, clock_hz, memory, flags, max_rows (widths in ``docs/protocol.md``).
-IDENTIFY_LAYOUT = struct.Struct("<4sBBBBHHBBHIBBH")
+#: slots, max_payload, clock_hz, memory, flags, max_rows, then the LM step's sizes (all 0 without
+#: it): vmem_depth - 1, cmem_depth - 1, prog_depth - 1, embed_depth, max_vocab (widths in
+#: ``docs/protocol.md``).
+IDENTIFY_LAYOUT = struct.Struct("<4sBBBBHHBBHIBBHHHHIH")
 _IDENT = IDENTIFY_LAYOUT
 #: IDENTIFY ``memory`` codes: the index in this tuple (:data:`tritium.hw.params.MEMORY_KINDS`).
 MEMORY_CODES = MEMORY_KINDS
 #: IDENTIFY ``flags`` bit: the weight read port is registered (``EngineParams.read_register``).
 FLAG_READ_REGISTER = 0x01
+#: IDENTIFY ``flags`` bit: the device runs the whole LM step (WRITE_MEM, LM_CONFIG, GENERATE).
+FLAG_LM = 0x02
 
 
 def max_link_rows(params):
@@ -213,14 +292,17 @@ def check_link_params(params):
             raise ValueError(f"{name} = {value} does not fit the link protocol's 16-bit fields (max 65535)")
 
 
-def identify_payload(params, clock_hz):
+def identify_payload(params, clock_hz, lm=None):
     """The IDENTIFY reply (:data:`IDENTIFY_LAYOUT`): every :class:`EngineParams` field, so the
-    host can rebuild the device's parameters exactly, and the link facts."""
+    host can rebuild the device's parameters exactly, the link facts, and the
+    :class:`LMParams` ``lm`` of a device that runs the LM step (``None``: none)."""
     check_link_params(params)
+    flags = (FLAG_READ_REGISTER if params.read_register else 0) | (FLAG_LM if lm is not None else 0)
+    sizes = (lm.vmem_depth - 1, lm.cmem_depth - 1, lm.prog_depth - 1, lm.embed_depth, lm.max_vocab) if lm \
+        else (0, 0, 0, 0, 0)
     return _IDENT.pack(MAGIC, VERSION, params.lanes, params.trits, params.packing.code,
                        params.max_k, params.weight_depth, acc_bytes(params), SLOTS, max_payload(params),
-                       clock_hz, MEMORY_CODES.index(params.memory),
-                       FLAG_READ_REGISTER if params.read_register else 0, max_link_rows(params))
+                       clock_hz, MEMORY_CODES.index(params.memory), flags, max_link_rows(params), *sizes)
 
 
 def parse_identify(payload):
@@ -230,9 +312,10 @@ def parse_identify(payload):
     a reply of the wrong size, magic or version, or an unknown packing or memory code."""
     if len(payload) != _IDENT.size:
         raise ProtocolError(f"IDENTIFY reply of {len(payload)} bytes, expected {_IDENT.size}"
-                            + (" (protocol version 1?)" if len(payload) == 20 else ""))
+                            + (" (protocol version 1?)" if len(payload) == 20 else
+                               " (protocol version 2?)" if len(payload) == 24 else ""))
     (magic, version, lanes, trits, packing, max_k, depth, accb, slots, maxp, clock, memory, flags,
-     max_rows) = _IDENT.unpack(payload)
+     max_rows, vmem, cmem, prog, embed, vocab) = _IDENT.unpack(payload)
     if magic != MAGIC:
         raise ProtocolError(f"device answered IDENTIFY with magic {magic!r}, not {MAGIC!r}")
     if version != VERSION:
@@ -243,7 +326,14 @@ def parse_identify(payload):
         raise ProtocolError(f"IDENTIFY reply: {e}") from None
     if memory >= len(MEMORY_CODES):
         raise ProtocolError(f"IDENTIFY reports memory code {memory}, not one of 0..{len(MEMORY_CODES) - 1}")
+    lm = None
+    if flags & FLAG_LM:
+        try:
+            lm = LMParams(vmem_depth=vmem + 1, cmem_depth=cmem + 1, prog_depth=prog + 1, embed_depth=embed,
+                          max_vocab=vocab)
+        except TritiumValueError as e:
+            raise ProtocolError(f"IDENTIFY reports LM step sizes this host cannot model: {e}") from None
     return {"lanes": lanes, "trits": trits, "packing": packing_name, "max_k": max_k,
             "weight_depth": depth, "memory": MEMORY_CODES[memory],
             "read_register": bool(flags & FLAG_READ_REGISTER), "acc_bytes": accb, "slots": slots,
-            "max_payload": maxp, "clock_hz": clock, "max_rows": max_rows}
+            "max_payload": maxp, "clock_hz": clock, "max_rows": max_rows, "lm": lm}

@@ -116,6 +116,8 @@ class UartLink(wiring.Component):
     clock_hz : int
     baud : int
         ``clock_hz / baud`` must be an integer of at least 4 (checked).
+    lm : LMParams or None
+        The LM step (:class:`LinkDevice`'s ``lm``).
 
     Members
     -------
@@ -125,14 +127,14 @@ class UartLink(wiring.Component):
         For status LEDs.
     """
 
-    def __init__(self, *, params, clock_hz, baud):
+    def __init__(self, *, params, clock_hz, baud, lm=None):
         if clock_hz % baud:
             raise rejected(self, ValueError(f"baud {baud} does not divide the {clock_hz} Hz clock exactly"))
         self.divisor = clock_hz // baud
         _check_divisor(self, self.divisor)
         from .protocol import IDLE_TIMEOUT_BYTES
         self.device = LinkDevice(params=params, clock_hz=clock_hz,
-                                 timeout_cycles=IDLE_TIMEOUT_BYTES * 10 * self.divisor)
+                                 timeout_cycles=IDLE_TIMEOUT_BYTES * 10 * self.divisor, lm=lm)
         super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1), "busy": Out(1), "error": Out(1)})
 
     def elaborate(self, platform):

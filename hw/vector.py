@@ -18,7 +18,7 @@ from ..sim import golden, lmstep
 from ..sim.golden import TritiumValueError
 from .params import rejected
 
-__all__ = ["VOp", "instruction_layout", "encode", "SerialDivider", "SerialSqrt", "VectorUnit"]
+__all__ = ["VOp", "instruction_layout", "encode", "decode", "SerialDivider", "SerialSqrt", "VectorUnit"]
 
 class VOp(enum.Enum, shape=4):
     """The vector unit's operations (:data:`tritium.sim.lmstep.OPCODES` gives their arithmetic)."""
@@ -69,6 +69,24 @@ def encode(op, layout):
             raise TritiumValueError(f"instruction {op.code}: dst {op.dst} overlaps {src} {start}..{start + op.n - 1} "
                                     "part-way (it must equal the source or miss it)")
     return layout.const(fields).as_bits()
+
+
+def decode(bits, layout):
+    """The :class:`tritium.sim.lmstep.Op` of the instruction word ``bits`` (an int) in ``layout``,
+    as the unit reads it; ``None`` for an opcode outside :class:`VOp`. No other check: a device
+    checks the fields it uses as it runs (``docs/protocol.md``, GENERATE)."""
+    fields = {}
+    for name, field in layout:
+        shape = Shape.cast(field.shape)
+        value = (bits >> field.offset) & ((1 << shape.width) - 1)
+        if shape.signed and value >> (shape.width - 1):
+            value -= 1 << shape.width
+        fields[name] = value
+    try:
+        code = VOp(fields.pop("op")).name.lower()
+    except ValueError:
+        return None
+    return lmstep.Op(code, **fields)
 
 
 class SerialDivider(wiring.Component):
@@ -171,25 +189,55 @@ def _sat32(m, value, name):
     return out
 
 
-def _shift_round_sat32(m, p, sh, name):
-    """``sat32(golden.shift_round(p, sh))`` for a signed ``p`` (< 2**62 in magnitude) and a signed
-    8-bit ``sh``, combinationally."""
-    s = Signal(6, name=f"{name}_s")
-    half = Signal(64, name=f"{name}_half")
-    right = Signal(signed(66), name=f"{name}_right")
-    m.d.comb += [s.eq(Mux(sh > 63, 63, sh[:6])), half.eq(Const(1, 64) << (s - 1)[:6])]
-    m.d.comb += right.eq((p + half) >> s)
-    k = Signal(11, name=f"{name}_k")
+def _round_first(m, p, sh):
+    """First half of ``sat32(golden.shift_round(p, sh))`` for a signed ``p`` (< 2**62 in magnitude)
+    and a signed shift ``sh``: ``(t, s, pos, left)`` with ``t = p + 2**(s-1)``, ``s = min(sh, 63)``
+    (for ``sh > 0``), ``pos = sh > 0`` and ``left`` the saturated result of a shift ``sh <= 0``."""
+    s = Signal(6, name="round_s")
+    half = Signal(64, name="round_half")
+    t = Signal(signed(67), name="round_t")
+    m.d.comb += [s.eq(Mux(sh > 63, 63, sh[:6])), half.eq(Const(1, 64) << (s - 1)[:6]), t.eq(p + half)]
+    k = Signal(11, name="round_k")
     m.d.comb += k.eq(Mux(sh < 0, -sh, 0))
-    p32 = _sat32(m, p, f"{name}_p32")
-    left = Signal(signed(64), name=f"{name}_left")
-    m.d.comb += left.eq(p32 << k[:5])
-    sat_left = Signal(signed(64), name=f"{name}_satleft")
+    p32 = _sat32(m, p, "round_p32")
+    shifted = Signal(signed(64), name="round_shifted")
+    m.d.comb += shifted.eq(p32 << k[:5])
+    left = Signal(signed(33), name="round_left")
     with m.If((k >= 32) & (p != 0)):
-        m.d.comb += sat_left.eq(Mux(p < 0, golden.INT32_MIN, golden.INT32_MAX))
+        m.d.comb += left.eq(Mux(p < 0, golden.INT32_MIN, golden.INT32_MAX))
     with m.Else():
-        m.d.comb += sat_left.eq(left)
-    return _sat32(m, Mux(sh > 0, right, sat_left), f"{name}_out")
+        m.d.comb += left.eq(_sat32(m, shifted, "round_left_sat"))
+    return t, s, sh > 0, left
+
+
+def _round_second(m, t, s, pos, left):
+    """Second half: the result of :func:`_round_first`'s ``(t, s, pos, left)``, saturated to int32."""
+    right = Signal(signed(67), name="round_right")
+    m.d.comb += right.eq(t >> s)
+    return _sat32(m, Mux(pos, right, left), "round_out")
+
+
+def _lower_bound(m, c, s):
+    """``clamp(golden.shift_round(c, s), 0, FIX_ONE)`` for an int8 ``c`` and a signed shift ``s``
+    (fgate's lower bound), combinationally. Small because ``c`` is: a value <= 0 gives 0; a right
+    shift of 8 or more gives 0; a left shift of 17 or more passes FIX_ONE."""
+    out = Signal(range(golden.FIX_ONE + 1), name="lb_value")
+    right = Signal(8, name="lb_right")
+    left = Signal(8 + 17, name="lb_left")
+    sr = Signal(3, name="lb_sr")
+    m.d.comb += [sr.eq(s[:3]), right.eq((c.as_unsigned() + (Const(1, 8) << (sr - 1)[:3])) >> sr),
+                 left.eq(c.as_unsigned()[:7] << (-s).as_unsigned()[:5])]
+    with m.If(c <= 0):
+        m.d.comb += out.eq(0)
+    with m.Elif(s >= 8):
+        m.d.comb += out.eq(0)
+    with m.Elif(s > 0):
+        m.d.comb += out.eq(right)
+    with m.Elif((s < -16) | (left > golden.FIX_ONE)):
+        m.d.comb += out.eq(golden.FIX_ONE)
+    with m.Else():
+        m.d.comb += out.eq(left)
+    return out
 
 
 class VectorUnit(wiring.Component):
@@ -206,7 +254,8 @@ class VectorUnit(wiring.Component):
     -------
     instr : In(stream of :func:`instruction_layout`)
         Taken when the unit is idle (``ready``); the next is taken once it has finished. An
-        elementwise instruction streams one element per cycle (``n + 4`` cycles with no stall);
+        elementwise instruction streams one element per cycle (``n + 9`` cycles with no stall: a 6-stage
+        pipeline and two cycles of reduction);
         ``quant`` first normalises ``M`` and divides (about 40 cycles), ``gain`` normalises,
         takes a 62-bit root and divides (about 110 cycles).
     ext : In(stream of signed(32))
@@ -274,36 +323,41 @@ class VectorUnit(wiring.Component):
         wcount = Signal(COUNT_BITS + 1)
         advance = Signal()
 
-        # -- pipeline: issue -> S1 (operands) -> S2 (sigmoid entry, product) -> S3 (result) ----
-        v1, v2, v3 = Signal(), Signal(), Signal()
-        i1, i2, i3 = Signal(COUNT_BITS), Signal(COUNT_BITS), Signal(COUNT_BITS)
+        # -- pipeline: issue -> S1 (operands) -> S2 (select) -> S3 (product) -> S4 (round: add)
+        #    -> S5 (round: shift, saturate) -> S6 (addend, saturate, write); then the reductions
+        #    fold in two more cycles. Every stage moves together (`advance`): only `xq` stalls it.
+        v = [Signal(name=f"v{k}") for k in range(1, 7)]                  # v[0] is S1 ... v[5] is S6
+        idx = [Signal(COUNT_BITS, name=f"i{k}") for k in range(1, 7)]
         a2, b2, c2 = Signal(signed(32)), Signal(signed(32)), Signal(signed(8))
-        p3 = Signal(signed(66))
-        add3 = Signal(signed(33))
-        sh3 = Signal(signed(10))
-        red_pending = Signal()
-        sq_in = Signal(signed(27))
+        x3, y3 = Signal(signed(32)), Signal(signed(32))
+        direct3, use3 = Signal(signed(34)), Signal()
+        p4 = Signal(signed(66))
+        t5, s5, pos5, left5 = Signal(signed(67)), Signal(6), Signal(), Signal(signed(33))
+        r6 = Signal(signed(32))
+        sh3, sh4 = Signal(signed(10)), Signal(signed(10))
+        add3, add4, add5, add6 = (Signal(signed(33), name=f"add{k}") for k in range(3, 7))
+        red_v, red_val = Signal(), Signal(signed(32))
+        sq_v, sq_p = Signal(), Signal(54)
         running = Signal()
         op = cur.op
 
         m.d.comb += [self.busy.eq(running | ~self.instr.ready)]
-        # S1: the operands (read last cycle); the sigmoid table's address
+        # S1: the operands (read last cycle); the sigmoid table's address; fgate's lower bound
         sig_idx = Signal(signed(33))
         m.d.comb += sig_idx.eq((ra.data >> golden.SIGMOID_SHIFT) + golden.SIGMOID_ENTRIES // 2)
         m.d.comb += [rs.en.eq(advance),
                      rs.addr.eq(Mux(sig_idx < 0, 0, Mux(sig_idx >= golden.SIGMOID_ENTRIES,
                                                         golden.SIGMOID_ENTRIES - 1, sig_idx[:9])))]
+        lb = Signal(signed(33))
         with m.If(advance):
-            m.d.sync += [v2.eq(v1), i2.eq(i1), a2.eq(ra.data), b2.eq(rb.data), c2.eq(rc.data)]
-        # S2: pick the product's operands, its shift and an addend
-        # one signed 32 x 32 product path (4 SB_MAC16 on the UP5K); add, rsub and sigmoid bypass it
+            m.d.sync += [v[1].eq(v[0]), idx[1].eq(idx[0]), a2.eq(ra.data), b2.eq(rb.data), c2.eq(rc.data),
+                         lb.eq(_lower_bound(m, rc.data, cur.shift - golden.FIX_FRAC))]
+        # S2: pick the product's operands, its shift and an addend: one signed 32 x 32 product
+        # path (4 SB_MAC16 on the UP5K); add, rsub and sigmoid bypass it
         x, y = Signal(signed(32)), Signal(signed(32))
         direct, use_direct = Signal(signed(34)), Signal()
         sh, addend = Signal(signed(10)), Signal(signed(33))
         sig = rs.data
-        lb = Signal(signed(33))
-        lb_raw = _shift_round_sat32(m, c2, cur.shift - golden.FIX_FRAC, "lb")
-        m.d.comb += lb.eq(Mux(lb_raw < 0, 0, Mux(lb_raw > golden.FIX_ONE, golden.FIX_ONE, lb_raw)))
         un = Signal(signed(34))
         m.d.comb += un.eq(Mux(qs >= 0, a2 >> qs.as_unsigned()[:6], a2 << (-qs).as_unsigned()[:5]))
         with m.Switch(op):
@@ -325,44 +379,55 @@ class VectorUnit(wiring.Component):
                 m.d.comb += [direct.eq(a2 + b2), use_direct.eq(1)]
             with m.Case(VOp.RSUB):
                 m.d.comb += [direct.eq(golden.FIX_ONE - a2), use_direct.eq(1)]
+        # S3: the product (or the bypassed value); S4: the rounding's addition, and the left
+        # shift of a negative shift; S5: the rounding's right shift and the saturation
+        ta, sa, posa, lefta = _round_first(m, p4, sh4)
+        rounded = _round_second(m, t5, s5, pos5, left5)
         with m.If(advance):
-            m.d.sync += [v3.eq(v2), i3.eq(i2), p3.eq(Mux(use_direct, direct, x * y)), sh3.eq(sh),
-                         add3.eq(addend)]
-        # S3: round, saturate, write (or offer the activation); fold the reduction
-        rounded = _shift_round_sat32(m, p3, sh3, "res")
-        result = _sat32(m, rounded + add3, "result")
+            m.d.sync += [v[2].eq(v[1]), idx[2].eq(idx[1]), x3.eq(x), y3.eq(y), sh3.eq(sh), add3.eq(addend),
+                         direct3.eq(direct), use3.eq(use_direct),
+                         v[3].eq(v[2]), idx[3].eq(idx[2]), p4.eq(Mux(use3, direct3, x3 * y3)), sh4.eq(sh3),
+                         add4.eq(add3),
+                         v[4].eq(v[3]), idx[4].eq(idx[3]), t5.eq(ta), s5.eq(sa), pos5.eq(posa), left5.eq(lefta),
+                         add5.eq(add4),
+                         v[5].eq(v[4]), idx[5].eq(idx[4]), r6.eq(rounded), add6.eq(add5)]
+        # S6: add, saturate, write (or offer the activation); hand the value to the reductions
+        result = _sat32(m, r6 + add6, "result")
         qv = Signal(signed(8))
-        with m.If(rounded > 127):
+        with m.If(r6 > 127):
             m.d.comb += qv.eq(127)
-        with m.Elif(rounded < -127):
+        with m.Elif(r6 < -127):
             m.d.comb += qv.eq(-127)
         with m.Else():
-            m.d.comb += qv.eq(rounded)
+            m.d.comb += qv.eq(r6)
         is_quant = op == VOp.QUANT
-        m.d.comb += [self.xq.payload.eq(qv), self.xq.valid.eq(v3 & is_quant & running),
-                     advance.eq(~(v3 & is_quant & ~self.xq.ready))]
-        absr = Signal(33)
-        m.d.comb += absr.eq(Mux(result < 0, -result, result))
-        with m.If(v3 & advance & running):
+        last = v[5]
+        m.d.comb += [self.xq.payload.eq(qv), self.xq.valid.eq(last & is_quant & running),
+                     advance.eq(~(last & is_quant & ~self.xq.ready))]
+        m.d.sync += red_v.eq(0)
+        with m.If(last & advance & running):
             m.d.sync += wcount.eq(wcount + 1)
             with m.If(~is_quant):
-                m.d.comb += [wr.addr.eq(cur.dst + i3), wr.data.eq(result), wr.en.eq(1)]
-            with m.If((cur.red == lmstep.RED_MAX) & (absr > reg_m)):
-                m.d.sync += reg_m.eq(absr)
-            with m.If(cur.red == lmstep.RED_SUMSQ):
-                m.d.sync += [sq_in.eq(result >> golden.SUMSQ_SHIFT), red_pending.eq(1)]
-        with m.Else():
-            m.d.sync += red_pending.eq(0)
-        with m.If(red_pending):
-            m.d.sync += reg_ss.eq(reg_ss + sq_in * sq_in)
+                m.d.comb += [wr.addr.eq(cur.dst + idx[5]), wr.data.eq(result), wr.en.eq(1)]
+            m.d.sync += [red_v.eq(cur.red != 0), red_val.eq(result)]
+        # reductions: |value| against M; the square (after the shift), then its sum into SS
+        absr = Signal(33)
+        sq_in = Signal(signed(27))
+        m.d.comb += [absr.eq(Mux(red_val < 0, -red_val, red_val)), sq_in.eq(red_val >> golden.SUMSQ_SHIFT)]
+        m.d.sync += [sq_v.eq(red_v & (cur.red == lmstep.RED_SUMSQ)), sq_p.eq(sq_in * sq_in)]
+        with m.If(red_v & (cur.red == lmstep.RED_MAX) & (absr > reg_m)):
+            m.d.sync += reg_m.eq(absr)
+        with m.If(sq_v):
+            m.d.sync += reg_ss.eq(reg_ss + sq_p)
+        red_pending = red_v | sq_v
 
         # issue: read element `issue` of a, b and c
         m.d.comb += [ra.en.eq(advance), rb.en.eq(advance), rc.en.eq(advance),
                      ra.addr.eq(cur.a + issue), rb.addr.eq(cur.b + issue), rc.addr.eq(cur.c + issue)]
         with m.If(advance):
-            m.d.sync += v1.eq(0)
+            m.d.sync += v[0].eq(0)
         with m.If(running & advance & (issue < cur.n)):
-            m.d.sync += [v1.eq(1), i1.eq(issue), issue.eq(issue + 1)]
+            m.d.sync += [v[0].eq(1), idx[0].eq(issue), issue.eq(issue + 1)]
 
         # constant loads (idle only) share the constant memory's write port
         m.d.comb += [cw.addr.eq(self.cload.payload.addr), cw.data.eq(self.cload.payload.data)]
@@ -411,8 +476,9 @@ class VectorUnit(wiring.Component):
                 with m.If(wcount == cur.n):
                     m.d.sync += running.eq(0)
                     m.next = "DRAIN"
-            with m.State("DRAIN"):     # the last reduction term lands
-                m.next = "IDLE"
+            with m.State("DRAIN"):     # the last reduction terms land
+                with m.If(~red_pending):
+                    m.next = "IDLE"
 
             # normalise nx to `bits` bits: shift right while too wide, left while too narrow
             def normalise(bits, done):

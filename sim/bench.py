@@ -34,6 +34,7 @@ from . import cost, golden
 from .cost import product_cycles
 from ..host.models import MMFreeConfig
 from ..paths import build_dir, source_checkout
+from ..hw.protocol import FrameDecoder as P_FrameDecoder, HEADER_BYTES as P_HEADER
 
 __all__ = ["SweepPoint", "sweep", "pareto_front", "roofline", "main"]
 
@@ -225,6 +226,104 @@ def device_sim_speed(tokens=64, products=8):
             "demo_cycles": t.stats["cycles"], "demo_cycles_per_second": round(t.stats["cycles"] / t.stats["seconds"]),
             "note": "verilator: Tritium's C++ harness (sim/harness/), cycles/s while simulating; end to end "
                     "includes the host and the pty; cocotb: sim/tb_device.py, wall time of the same requests"}
+
+
+class _Recorder:
+    """A transport over another that keeps every byte the host writes (the request stream)."""
+
+    def __init__(self, inner):
+        self.inner, self.sent = inner, bytearray()
+        self.quiet_s = getattr(inner, "quiet_s", 0.1)
+
+    def write(self, data):
+        self.sent += data
+        return self.inner.write(data)
+
+    def read(self, n, timeout):
+        return self.inner.read(n, timeout)
+
+    def close(self):
+        self.inner.close()
+
+
+LM_BOARD = "ulx3s-85f"
+
+
+def lm_requests(board=LM_BOARD, *, prompt, max_tokens, temperature, top_k, seed):
+    """The request bytes of a whole on-chip generation with the shipped model on ``board``'s device
+    (IDENTIFY, RESET, the image, GENERATE), and the golden device's tokens for them."""
+    from ..host.accelerator import Accelerator
+    from ..host.lmdevice import generate_on_device, load_image
+    from ..host.models import DEFAULT_MODEL, load_model
+    from ..host.transport import GoldenTransport
+    from . import lmstep
+    _, params, _, lm, clock_hz = BOARDS[board]
+    rec = _Recorder(GoldenTransport(params, clock_hz=clock_hz, lm=lm))
+    acc = Accelerator(rec)
+    image = lmstep.compile_mmfree(load_model(DEFAULT_MODEL))
+    load_image(acc, image)
+    load_bytes = len(rec.sent)
+    tokens, reason = generate_on_device(acc, list(prompt), max_tokens=max_tokens, temperature=temperature,
+                                        top_k=top_k, seed=seed)
+    return bytes(rec.sent), load_bytes, tokens, image
+
+
+def lm_bench(board=LM_BOARD, *, prompt_bytes=64, tokens=64, runs=((0.0, 0, 1), (0.8, 40, 7))):
+    """The whole token on the chip, cycle-accurate: the board's device (:class:`LinkDevice` with
+    the LM step) under the fast Verilator harness runs GENERATE for a ``prompt_bytes``-byte prompt
+    and ``tokens`` tokens of the shipped model, for each ``(temperature, top_k, seed)`` of ``runs``.
+
+    Per run: the tokens (equal to the golden device's, checked), device cycles per token (between
+    consecutive token frames, median), time to first token (from the GENERATE request's last
+    byte to the first token frame), the split of generation cycles into engine busy, vector unit
+    busy beside no engine work, and the rest (sequencer, token choice, framing), and link bytes
+    per generated token. Tokens/s follow at the board's clock and, for reference, its Fmax."""
+    from ..hw.device import LinkDevice
+    from .runner import DEVICE_TIMEOUT_CYCLES, build_fast_device_sim, run_fast_device_batch
+    _, params, baud, lm, clock_hz = BOARDS[board]
+    device = LinkDevice(params=params, clock_hz=clock_hz, timeout_cycles=DEVICE_TIMEOUT_CYCLES, lm=lm)
+    exe = build_fast_device_sim(device, name=f"{board}-lm")
+    text = ("The return statement ends the function and hands its value back to the caller. "
+            "A loop repeats while its condition holds.").encode()
+    prompt = text[:prompt_bytes]
+    out = []
+    for temperature, top_k, seed in runs:
+        requests, load_bytes, want, image = lm_requests(board, prompt=prompt, max_tokens=tokens,
+                                                         temperature=temperature, top_k=top_k, seed=seed)
+        r = run_fast_device_batch(exe, requests, stamps=True)
+        replies, stamps = r["replies"], r["stamps"]
+        # frame boundaries in the reply bytes, with the cycle each frame's first byte left
+        frames, pos, dec = [], 0, P_FrameDecoder()
+        while pos < len(replies):
+            got = dec.feed(replies[pos:pos + 1])
+            pos += 1
+            if got:
+                start = pos - (P_HEADER + len(got[0][2]) + 2)
+                frames.append((got[0], stamps[start], stamps[pos - 1]))
+        gen = [(f, t0, t1) for f, t0, t1 in frames if f[1] == 0x89]
+        toks = [f[2][0] for f, _, _ in gen if len(f[2]) == 1]
+        if toks != want:
+            raise RuntimeError(f"the simulated device's tokens {toks[:8]}... differ from the golden device's "
+                               f"{want[:8]}...")
+        starts = [t0 for f, t0, _ in gen if len(f[2]) == 1]
+        gaps = [b - a for a, b in zip(starts, starts[1:])]
+        # the GENERATE request follows the reply before it; the device takes a byte a cycle
+        before = [t1 for f, _, t1 in frames if f[1] != 0x89][-1]
+        request = len(prompt) + P_HEADER + 12 + 2      # the GENERATE frame
+        ttft = starts[0] - before - request
+        steps = len(prompt) + len(toks) - 1
+        cyc = statistics.median(gaps)
+        eng, vec, total = r["engine_cycles"], r["vector_cycles"], r["generate_cycles"]
+        out.append({"temperature": temperature, "top_k": top_k, "seed": seed, "prompt_bytes": len(prompt),
+                    "tokens": len(toks), "text": bytes(toks).decode("utf-8", "replace"),
+                    "cycles_per_token": int(cyc), "cycles_per_token_min": min(gaps), "cycles_per_token_max": max(gaps),
+                    "ttft_cycles": int(ttft), "generate_cycles": total,
+                    "engine_cycles_per_step": round(eng / steps), "vector_cycles_per_step": round(vec / steps),
+                    "control_cycles_per_step": round((total - eng - vec) / steps),
+                    "link_bytes_per_token": P_HEADER + 1 + 2, "request_bytes": request,
+                    "load_link_bytes": load_bytes, "sim_cycles_per_second": round(r["cycles_per_second"])})
+    return {"board": board, "clock_mhz": clock_hz / 1e6, "engine": params.as_dict(), "lm": lm.as_dict(),
+            "image": image.cost(), "runs": out}
 
 
 def host_throughput(shapes, repeats=20):

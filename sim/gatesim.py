@@ -96,11 +96,13 @@ def _write_if_changed(path, text):
 def netlist(board, *, log=print):
     """Synthesize ``board``'s top as its bitstream build does and return the path of the netlist
     as Verilog (``gatesim/<board>/gate.v`` in the build folder). The Yosys run is skipped when the
-    design and script are unchanged since the last one."""
-    from ..hw.boards import build_plan
+    design and script are unchanged since the last one. The top is clocked from the oscillator
+    (``BoardTop(pll=False)``): the cell libraries have no PLL model; everything else is the
+    bitstream's design."""
+    from ..hw.boards import BoardTop, build_plan
     _family(board)
     folder = _build_dir("gatesim", board)
-    plan = build_plan(board)
+    plan = build_plan(board, BoardTop(board, pll=False))
     with _locked(folder):
         changed = False
         for name, text in plan.files.items():

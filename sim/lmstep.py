@@ -80,7 +80,8 @@ class LMImage:
     flat) with ``consts`` (``{name: (address, length, shift)}``); ``matrices`` (ternary int8
     ``M x K``, in the order the program's ``matvec`` numbers them) and ``matrix_names``;
     ``embed`` (int8 ``vocab x hidden``) with ``embed_scale`` (``(16-bit mantissas, shift)``);
-    ``logits`` (address of the Q16.16 logits); ``state`` (addresses of the per-layer state)."""
+    ``reset_program`` (what makes a fresh sequence: zeroes the per-layer state) and ``program``
+    (one token step) are what a device runs."""
     config: object
     program: list
     vmem_words: int
@@ -91,19 +92,22 @@ class LMImage:
     matrix_names: list
     embed: np.ndarray
     embed_scale: tuple
+    reset_program: list = dataclasses.field(default_factory=list)
 
     def embed_row(self, tokens):
         """The ``embed`` instruction's values for ``tokens`` (any shape): the int8 row times its
-        16-bit scale, ``sat32(shift_round(e8 * m, shift))``, Q16.16."""
+        16-bit scale mantissa, ``e8 * m`` (exact, below 2**22 in magnitude); the program's next
+        instruction (``mulc`` by ones at the scale's shift) makes it Q16.16."""
         tokens = np.asarray(tokens, np.int64)
-        m, s = self.embed_scale
-        return golden.sat32(golden.shift_round(self.embed[tokens].astype(np.int64) * m[tokens][..., None], s))
+        m, _ = self.embed_scale
+        return self.embed[tokens].astype(np.int64) * m[tokens][..., None]
 
     def cost(self):
         """Per token: ``ops`` (instructions), ``products`` (ternary products), ``rows`` (their
         output rows) and ``vector_elements`` (elements streamed by the vector instructions: the
         vector unit's cycles at one element per cycle, before overlap with the engine)."""
         mv = [op for op in self.program if op.code == "matvec"]
+        # (the reset program runs once per sequence, not per token)
         return {"ops": len(self.program), "products": len(mv), "rows": sum(op.n for op in mv),
                 "vector_elements": sum(op.n for op in self.program if op.code != "matvec")}
 
@@ -160,7 +164,8 @@ def compile_mmfree(model, *, const_bits=CONST_BITS, embed_bits=EMBED_BITS):
         lin = L[name]
         mulc("u", src, name + ".norm", lin.norm, k, RED_MAX)
         cm, cs = _gain_constant(k, lin.s_w)
-        prog.extend([Op("quant", a=A["u"], n=k), Op("matvec", A[dst], n=m, c=len(mats)),
+        # quant's c names the matrix its activations go to (the sequencer starts that product)
+        prog.extend([Op("quant", a=A["u"], n=k, c=len(mats)), Op("matvec", A[dst], n=m, c=len(mats)),
                      Op("gain", imm=cm, shift=cs), Op("rescale", A[dst], A[dst], n=m)])
         mats.append(lin.wq)
         names.append(name)
@@ -168,7 +173,15 @@ def compile_mmfree(model, *, const_bits=CONST_BITS, embed_bits=EMBED_BITS):
     lb = np.exp(f["model.lower_bounds"] - f["model.lower_bounds"].max(0))
     lb = lb / lb.sum(0)
     lb = np.cumsum(lb, 0) - lb[0]
-    prog.append(Op("embed", A["h"], n=H))
+    emb = np.asarray(f["model.embeddings.weight"], np.float32)
+    d = np.max(np.abs(emb), axis=1) / ((1 << (embed_bits - 1)) - 1)
+    e8 = np.clip(np.round(emb / np.where(d > 0, d, 1)[:, None]), -127, 127).astype(np.int8)
+    scale = golden.bfp_constant(d * golden.FIX_ONE, 16)
+    # ones: `mulc` by them is a rounding shift (the embedding's scale; shift 63 zeroes a vector)
+    consts["ones"] = (sum(len(w) for w in cwords), max(H, I), 0)
+    cwords.append(np.ones(max(H, I), np.int64))
+    reset = [Op("mulc", A[f"s{l}"], A[f"s{l}"], n=H, c=consts["ones"][0], shift=63) for l in range(cfg.layers)]
+    prog += [Op("embed", A["h"], n=H), Op("mulc", A["h"], A["h"], n=H, c=consts["ones"][0], shift=int(scale[1]))]
     for l in range(cfg.layers):
         p, s = f"model.layers.{l}.", f"s{l}"
         # token mixer (MLGRU): v = h * attn_norm; its RMS scale cancels in every quantizer
@@ -193,11 +206,8 @@ def compile_mmfree(model, *, const_bits=CONST_BITS, embed_bits=EMBED_BITS):
     mulc("v", "h", "model.norm", f["model.norm.weight"], H, RED_SUMSQ)
     bitlinear("lm_head", "v", "logits", H, cfg.vocab)
 
-    emb = np.asarray(f["model.embeddings.weight"], np.float32)
-    d = np.max(np.abs(emb), axis=1) / ((1 << (embed_bits - 1)) - 1)
-    e8 = np.clip(np.round(emb / np.where(d > 0, d, 1)[:, None]), -127, 127).astype(np.int8)
-    scale = golden.bfp_constant(d * golden.FIX_ONE, 16)
-    return LMImage(cfg, prog, top, vectors, np.concatenate(cwords).astype(np.int8), consts, mats, names, e8, scale)
+    return LMImage(cfg, prog, top, vectors, np.concatenate(cwords).astype(np.int8), consts, mats, names, e8, scale,
+                   reset)
 
 
 def execute(op, vmem, regs, cmem, *, embed_row=None, matvec=None):
@@ -268,20 +278,28 @@ class IntegerLM:
         self.reset()
 
     def reset(self):
+        """A fresh sequence: the vector memory zeroed, then the image's reset program run (as a
+        device does, whose vector memory holds whatever the last sequence left)."""
         self.vmem = np.zeros(self.batch + (self.image.vmem_words,), np.int64)
+        self.run(self.image.reset_program)
 
-    def step(self, tokens):
+    def run(self, program, tokens=None):
+        """Run ``program`` (a list of :class:`Op`) on the current state, with ``tokens`` for ``embed``."""
         img, regs = self.image, {}
-        tokens = np.asarray(tokens, np.int64)
-        if np.any((tokens < 0) | (tokens >= img.config.vocab)):
-            raise TritiumValueError(f"token ids must be in 0..{img.config.vocab - 1}")
         embed = lambda: img.embed_row(tokens)
         matvec = lambda index, xq: self._matvec(img.matrix_names[index], xq)
         cmem = img.cmem.astype(np.int64)
-        for op in img.program:
+        for op in program:
             execute(op, self.vmem, regs, cmem, embed_row=embed, matvec=matvec)
             if self.trace is not None:
                 self.trace(op, self.vmem, regs)
+
+    def step(self, tokens):
+        img = self.image
+        tokens = np.asarray(tokens, np.int64)
+        if np.any((tokens < 0) | (tokens >= img.config.vocab)):
+            raise TritiumValueError(f"token ids must be in 0..{img.config.vocab - 1}")
+        self.run(img.program, tokens)
         addr, n = img.vectors["logits"]
         return self.vmem[..., addr:addr + n].copy()
 

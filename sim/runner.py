@@ -198,8 +198,9 @@ def run_vector_tb(*, tokens="Th", seed=1, sim="verilator"):
 DEVICE_TIMEOUT_CYCLES = 4096
 
 
-def build_device_sim(params, *, name="device", sim="verilator"):
-    """Build the simulated :class:`LinkDevice` for ``params``; returns its run folder."""
+def build_device_sim(params, *, name="device", sim="verilator", lm=None):
+    """Build the simulated :class:`LinkDevice` for ``params`` (with the LM step when ``lm`` is an
+    :class:`LMParams`); returns its run folder."""
     from amaranth.back import verilog
 
     from ..hw.device import LinkDevice
@@ -212,11 +213,11 @@ def build_device_sim(params, *, name="device", sim="verilator"):
     # several processes (pytest workers) may ask for the same simulator: one builds, the rest wait
     with open(run_dir.parent / f"{name}-device.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return _build_device_sim_locked(params, run_dir, sim, runner, verilog, LinkDevice)
+        return _build_device_sim_locked(params, run_dir, sim, runner, verilog, LinkDevice, lm)
 
 
-def _build_device_sim_locked(params, run_dir, sim, runner, verilog, LinkDevice):
-    text = verilog.convert(LinkDevice(params=params, timeout_cycles=DEVICE_TIMEOUT_CYCLES), name="dev",
+def _build_device_sim_locked(params, run_dir, sim, runner, verilog, LinkDevice, lm):
+    text = verilog.convert(LinkDevice(params=params, timeout_cycles=DEVICE_TIMEOUT_CYCLES, lm=lm), name="dev",
                            emit_src=False)
     src = run_dir / "dev.v"
     if not src.exists() or src.read_text() != text:
@@ -260,7 +261,9 @@ def device_ports(device):
     ``tx: Out(stream.Signature(8))`` (reply bytes). ``busy: Out(1)`` (work in progress) and
     ``in_frame: Out(1)`` (a request part-way) are optional: without ``busy`` the harness counts the
     device as busy while it keeps answering; without ``in_frame``, every host pause longer than the
-    quiet time runs the idle timeout out. Raises :class:`DeviceTopError` otherwise.
+    quiet time runs the idle timeout out. ``activity: Out(3)`` (optional: a generation runs, the
+    engine is busy, the vector unit is busy) adds cycle counts to the statistics. Raises
+    :class:`DeviceTopError` otherwise.
     """
     from amaranth.lib import stream, wiring
 
@@ -278,9 +281,9 @@ def device_ports(device):
                 or inner.members["payload"].shape != 8):
             raise DeviceTopError(f"the device top's '{port}' is {member!r}; the fast simulation needs '{want}'")
     has = {}
-    for port in ("busy", "in_frame"):
+    for port, width in (("busy", 1), ("in_frame", 1), ("activity", 3)):
         m = members.get(port) if port in members else None
-        has[port] = m is not None and m.is_port and m.flow == wiring.Out and m.shape == 1
+        has[port] = m is not None and m.is_port and m.flow == wiring.Out and m.shape == width
     return has
 
 
@@ -312,11 +315,11 @@ def _verilated_name(port):
     return "".join(out)
 
 
-def build_fast_device_sim(device, *, name="device", waves=False):
+def build_fast_device_sim(device, *, name="device", waves=False, lm=None):
     """Build the fast simulation of ``device`` once; returns the harness executable's path.
 
     ``device`` is an :class:`~tritium.hw.params.EngineParams` (the :class:`LinkDevice` for it, with
-    :data:`DEVICE_TIMEOUT_CYCLES`) or any Amaranth component with the byte-stream ports of
+    :data:`DEVICE_TIMEOUT_CYCLES`, running the LM step when ``lm`` (:class:`LMParams`) is given) or any Amaranth component with the byte-stream ports of
     :func:`device_ports`. The Verilog, Tritium's C++ harness and the options are hashed: an
     unchanged build is reused at once (several processes may ask together; one builds, the others
     wait). ``waves`` builds the variant that can write waveforms (:func:`wave_format`), in its own
@@ -333,7 +336,7 @@ def build_fast_device_sim(device, *, name="device", waves=False):
     from ..hw.device import LinkDevice
 
     if isinstance(device, EngineParams):
-        device = LinkDevice(params=device, timeout_cycles=DEVICE_TIMEOUT_CYCLES)
+        device = LinkDevice(params=device, timeout_cycles=DEVICE_TIMEOUT_CYCLES, lm=lm)
     has = device_ports(device)
     fmt = wave_format() if waves else None
     run_dir = _build_dir("sim", "verilator", f"{name}-fastsim" + ("-waves" if waves else ""))
@@ -345,7 +348,8 @@ def build_fast_device_sim(device, *, name="device", waves=False):
         "#define DUT Vdev", '#define TOP_HEADER "Vdev.h"',
         *(f"#define PORT_{k} {v}" for k, v in ports.items()),
         f"#define HAS_BUSY {int(has['busy'])}", "#define PORT_BUSY busy",
-        f"#define HAS_IN_FRAME {int(has['in_frame'])}", "#define PORT_IN_FRAME in_frame", ""])
+        f"#define HAS_IN_FRAME {int(has['in_frame'])}", "#define PORT_IN_FRAME in_frame",
+        f"#define HAS_ACTIVITY {int(has['activity'])}", "#define PORT_ACTIVITY activity", ""])
     flags = _fast_sim_flags(fmt)
     env = simulator_env("verilator")
     verilator = shutil.which("verilator", path=env["PATH"])

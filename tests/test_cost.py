@@ -121,8 +121,10 @@ def test_plan_generate_and_bench_print_the_same_board_model(capsys, tmp_path, mo
     # the benchmark's row for the iCEBreaker is the plan's board model, number for number
     assert bench.modeled_tokens("icebreaker") == plan
     # a generation on the golden device measures the link bytes the plan predicted, so its modeled
-    # board is the plan's as well
-    assert cli(["generate", "--prompt", "The", "--max-tokens", "2", "--seed", "1", "--json", "--quiet"]) == 0
+    # board is the plan's as well (the plan models the host path: the model on the host, every
+    # product over the link; --mode device runs the whole step on the device instead)
+    assert cli(["generate", "--prompt", "The", "--max-tokens", "2", "--seed", "1", "--json", "--quiet",
+                "--mode", "host"]) == 0
     run = json.loads(capsys.readouterr().out)["modeled_board"]
     assert run == plan
     # and the numbers are the model's: at the 12 MHz clock and 1 Mbaud, from the model's own shapes
@@ -146,7 +148,8 @@ import tritium.host.bitnet, tritium.host.generate, tritium.host.models
 from tritium.host.cli import main
 with contextlib.redirect_stdout(io.StringIO()):
     assert main(["plan", "--json"]) == 0
-    assert main(["generate", "--prompt", "Hi", "--max-tokens", "1", "--json", "--quiet"]) == 0
+    assert main(["generate", "--prompt", "Hi", "--max-tokens", "1", "--json", "--quiet", "--mode", "host"]) == 0
+    assert main(["generate", "--prompt", "Hi", "--max-tokens", "1", "--json", "--quiet", "--arith", "integer"]) == 0
 print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] == "amaranth")))
 """
 
@@ -161,7 +164,9 @@ def _amaranth_modules_after(extra=""):
 def test_host_plan_and_generation_import_no_amaranth():
     # the probe sees a gateware import: it finds Amaranth once a gateware module is imported
     assert "amaranth.hdl" in _amaranth_modules_after("import tritium.hw.engine")
-    # the host's models, generation, plan and the golden device do all their arithmetic without it
+    # the host's models, generation (float and integer arithmetic), plan and the golden device do
+    # all their arithmetic without it. (--mode device, the whole step on the device, packs the
+    # program with the gateware's own instruction layout, tritium.hw.vector: it imports Amaranth.)
     assert _amaranth_modules_after() == []
 
 

@@ -71,12 +71,20 @@ def test_gateware_identify_reports_every_engine_parameter(name):
 
 def test_identify_rejects_unknown_codes_and_old_versions():
     good = bytearray(P.identify_payload(PARAMS, 12_000_000))
-    # a version-1 reply (20 bytes) is named as such
-    with pytest.raises(P.ProtocolError, match=r"IDENTIFY reply of 20 bytes, expected 24 \(protocol version 1\?\)"):
+    # a version-1 reply (20 bytes) and a version-2 reply (24 bytes) are named as such
+    with pytest.raises(P.ProtocolError, match=r"IDENTIFY reply of 20 bytes, expected 36 \(protocol version 1\?\)"):
         P.parse_identify(bytes(good[:20]))
-    # memory code 7 is not a memory kind
+    with pytest.raises(P.ProtocolError, match=r"IDENTIFY reply of 24 bytes, expected 36 \(protocol version 2\?\)"):
+        P.parse_identify(bytes(good[:24]))
+    # a reply of this length but another version is refused by its version byte
+    old = bytearray(good)
+    old[4] = 2
+    with pytest.raises(P.ProtocolError, match="device speaks protocol version 2, this host speaks 3"):
+        P.parse_identify(bytes(old))
+    # memory code 7 is not a memory kind (the memory byte is at offset 20, after clock_hz)
+    assert good[20] == P.MEMORY_CODES.index(PARAMS.memory)
     bad = bytearray(good)
-    bad[P.IDENTIFY_LAYOUT.size - 4] = 7
+    bad[20] = 7
     with pytest.raises(P.ProtocolError, match="memory code 7"):
         P.parse_identify(bytes(bad))
     # packing code 9 is not a packing

@@ -211,3 +211,30 @@ def test_vector_unit_verilog_runs_the_shipped_program_under_verilator():
     img = lmstep.compile_mmfree(load_model(DEFAULT_MODEL))
     quantized = sum(op.n for op in img.program if op.code == "quant")
     assert r["stats"] == {"tokens": 2, "activations_checked": 2 * quantized, "words_checked": 2 * (256 + 3 * 128)}
+
+
+def test_fgates_lower_bound_logic_is_exact_for_every_constant_and_shift():
+    # the small lower-bound circuit against the spec's clamp(shift_round(c, s), 0, 1.0), for
+    # every int8 mantissa and every shift an instruction can give (its shift field minus 16)
+    from amaranth.hdl import Module, Signal, signed
+    from amaranth.sim import Simulator
+
+    from tritium.hw.vector import _lower_bound
+    m = Module()
+    c, s = Signal(signed(8)), Signal(signed(10))
+    out = _lower_bound(m, c, s)
+    cs, ss = np.meshgrid(np.arange(-128, 128), np.arange(-128 - 16, 128 - 16), indexing="ij")
+    want = np.clip(G.shift_round(cs.astype(np.int64), ss), 0, G.FIX_ONE)
+    got = np.zeros_like(want)
+
+    async def bench(ctx):
+        for i in range(cs.shape[0]):
+            for j in range(cs.shape[1]):
+                ctx.set(c, int(cs[i, j]))
+                ctx.set(s, int(ss[i, j]))
+                got[i, j] = ctx.get(out)
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+    assert np.array_equal(got, want)

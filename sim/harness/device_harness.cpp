@@ -78,6 +78,9 @@ struct Harness {
     std::vector<uint64_t>* stamps = nullptr;
     bool busy = false, in_frame = false; // sampled before the last rising edge
     uint64_t rx_bytes = 0, tx_bytes = 0;
+    // with an `activity` port (bit 0: a generation runs, bit 1: the engine is busy, bit 2: the
+    // vector unit is busy): cycles of generation, of engine work, of vector work beside no engine work
+    uint64_t gen_cycles = 0, engine_cycles = 0, vector_cycles = 0;
     // without a busy port: busy until `settle` cycles have passed with no byte either way
     uint64_t settle = 4096, last_activity = 0;
 
@@ -116,6 +119,16 @@ struct Harness {
         busy = top->PORT_BUSY;
 #else
         busy = cycle - last_activity < settle;
+#endif
+#if HAS_ACTIVITY
+        {
+            unsigned a = top->PORT_ACTIVITY;
+            if (a & 1) {
+                ++gen_cycles;
+                if (a & 2) ++engine_cycles;
+                else if (a & 4) ++vector_cycles;
+            }
+        }
 #endif
 #if HAS_IN_FRAME
         in_frame = top->PORT_IN_FRAME;
@@ -165,9 +178,15 @@ static void write_all(int fd, const uint8_t* p, size_t n) {
 
 static void print_stats(const Harness& h, const char* mode, double seconds) {
     std::printf("{\"mode\": \"%s\", \"cycles\": %llu, \"seconds\": %.6f, \"cycles_per_second\": %.0f, "
-                "\"rx_bytes\": %llu, \"tx_bytes\": %llu}\n",
+                "\"rx_bytes\": %llu, \"tx_bytes\": %llu",
                 mode, (unsigned long long)h.cycle, seconds, seconds > 0 ? h.cycle / seconds : 0.0,
                 (unsigned long long)h.rx_bytes, (unsigned long long)h.tx_bytes);
+#if HAS_ACTIVITY
+    std::printf(", \"generate_cycles\": %llu, \"engine_cycles\": %llu, \"vector_cycles\": %llu",
+                (unsigned long long)h.gen_cycles, (unsigned long long)h.engine_cycles,
+                (unsigned long long)h.vector_cycles);
+#endif
+    std::printf("}\n");
     std::fflush(stdout);
 }
 

@@ -1,0 +1,547 @@
+"""The token sampler of the on-chip LM step: :func:`tritium.sim.lmstep.choose_token` in gateware.
+
+:class:`TokenSampler` reads the Q16.16 logits from the vector memory (through the vector unit's
+``peek`` / ``word`` streams), picks the next token bit for bit as ``choose_token`` does and keeps
+the xorshift32 state from one choice to the next. It is sequential and small: one read in
+flight, a few passes over the logits, one subtractor and one comparator on the logits, a
+shift-and-add multiplier for ``(max - logit) * inv_temperature`` (:class:`ExpWeight`) and
+another for the draw's ``(state * sum) >> 32``, the 256-entry exp2 table in a ROM. :func:`choice_model` is the same algorithm in plain Python with
+its exact cycle count (the tests check both against the RTL).
+
+The algorithm (``docs/vector.md``, "Token sampler"), every test on ``d = max - logit``:
+
+1. *max pass*: the largest logit and its lowest id (the greedy choice).
+2. *count passes* (top-k only, ``1 < top_k < vocab``): a binary search for the threshold ``D``,
+   the smallest ``d`` with ``count(d_i <= D) >= top_k`` (the k-th largest logit's), over ``0 ..
+   Z`` where ``Z = 2**28 >> floor(log2(inv_temperature))``: every ``d >= Z`` has weight 0
+   (``d * inv_temperature >= 2**28``, below). Each probe of ``mid`` is one pass counting
+   ``d_i <= mid``; a count of exactly ``top_k`` ends the search at once (the candidates are then
+   exactly ``d_i <= mid``). The candidates are every ``d_i < D`` and the lowest-id ``d_i == D``
+   until ``top_k`` are taken: the spec's order (value descending, then id). Where the search
+   ends at ``Z`` (fewer than ``top_k`` logits with ``d < Z``) the candidates may differ from the
+   spec's only in logits of weight 0, which can neither add to the sum nor be picked. Top-1 is
+   ``D = 0``, no pass.
+3. *sum pass*: the sum of the candidates' weights ``exp_neg_fix(shift_round(d * inv_temperature,
+   8))``; then one xorshift32 step and ``target = (state * sum) >> 32``.
+4. *pick pass*: the running sum of the weights in id order; the first candidate where it exceeds
+   ``target`` is the token (the pass stops there). The sum is at least 65536 (the max's
+   weight), so ``target < sum`` and a pick always exists.
+
+The weight is exact with two clamps at :data:`PRODUCT_CLAMP` ``= 2**28``: ``exp_neg_fix(x)`` is
+0 for every ``x >= 2**20`` (there ``t >> 16 >= 23 >= 17``, and ``t`` does not decrease with
+``x``), and ``shift_round(p, 8) >= 2**20`` for every ``p >= 2**28``; so ``d`` is clamped to
+``2**28`` before the product (with ``inv_temperature >= 1`` the product is then ``>= 2**28``
+too) and the product to ``2**28`` as it is formed. ``tests/test_sampler.py`` checks the claims
+(exhaustively over ``x < 2**21``, and at the edges for every ``inv_temperature``).
+"""
+
+import numpy as np
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, enum, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from ..sim import golden, lmstep
+from ..sim.golden import TritiumValueError
+from .params import rejected
+
+__all__ = ["SerialMultiplier", "ExpWeight", "TokenSampler", "PRODUCT_CLAMP", "WEIGHT_BITS", "exp_weight",
+           "choice_model", "exp_weight_cycles"]
+
+#: ``max - logit`` and ``(max - logit) * inv_temperature`` are clamped to this: the weight is 0
+#: from there on (see the module's docstring), so the clamp never changes it.
+PRODUCT_CLAMP = 1 << 28
+_D_BITS = PRODUCT_CLAMP.bit_length()                        # 29: the clamped difference
+_X_BITS = (PRODUCT_CLAMP >> 8).bit_length()                 # 21: the clamped shift_round(p, 8)
+_T_BITS = ((((PRODUCT_CLAMP >> 8) * golden.LOG2E_Q16) + (1 << 15)) >> 16).bit_length()   # 21
+#: A weight is Q0.16 in ``0 .. 65536``.
+WEIGHT_BITS = 17
+_INV_BITS = 16
+_EXP2 = golden.exp2_table()
+
+
+def _positive(owner, name, value, lo, hi):
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise rejected(owner, TritiumValueError(f"{type(owner).__name__}: {name} = {value!r} must be an integer "
+                                                f"in {lo}..{hi}"))
+    return value
+
+
+class SerialMultiplier(wiring.Component):
+    """Unsigned ``a * b``, one bit of ``b`` per cycle (shift and add, an ``a_width + 1``-bit adder).
+
+    Parameters
+    ----------
+    a_width, b_width : int
+        Widths of the operands (1..64).
+
+    Members
+    -------
+    req : In(stream: ``a`` (``a_width`` bits), ``b`` (``b_width`` bits))
+        Taken when idle (``ready`` is high exactly then).
+    res : Out(stream of the product, ``a_width + b_width`` bits)
+        Offered ``b_width`` cycles after the request's transfer (its valid rises at the
+        ``b_width``-th clock edge after it); the next request is taken once it has been.
+    """
+
+    def __init__(self, *, a_width, b_width):
+        self.a_width = _positive(self, "a_width", a_width, 1, 64)
+        self.b_width = _positive(self, "b_width", b_width, 1, 64)
+        super().__init__({
+            "req": In(stream.Signature(data.StructLayout({"a": a_width, "b": b_width}))),
+            "res": Out(stream.Signature(a_width + b_width)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        aw, bw = self.a_width, self.b_width
+        a, hi, lo = Signal(aw), Signal(aw), Signal(bw)
+        count = Signal(range(bw + 1))
+        busy = Signal()
+        total = Signal(aw + 1)
+        # {hi, lo} holds the partial product shifted right by the bits of b consumed so far, and
+        # the bits of b still to come: add a where the next bit of b is 1, shift the pair right
+        m.d.comb += [self.req.ready.eq(~busy & ~self.res.valid), self.res.payload.eq(Cat(lo, hi)),
+                     total.eq(hi + Mux(lo[0], a, 0))]
+        with m.If(self.req.valid & self.req.ready):
+            m.d.sync += [a.eq(self.req.payload.a), hi.eq(0), lo.eq(self.req.payload.b), count.eq(bw), busy.eq(1)]
+        with m.If(busy):
+            m.d.sync += [hi.eq(total[1:]), lo.eq(Cat(lo[1:], total[0])), count.eq(count - 1)]
+            with m.If(count == 1):
+                m.d.sync += [busy.eq(0), self.res.valid.eq(1)]
+        with m.If(self.res.valid & self.res.ready):
+            m.d.sync += self.res.valid.eq(0)
+        return m
+
+
+def exp_weight(d, inv_temperature):
+    """The weight :class:`ExpWeight` computes for ``d = max - logit >= 0`` (ints or arrays), step
+    by step with its clamps; equal to ``golden.exp_neg_fix(golden.shift_round(d *
+    inv_temperature, 8))`` for ``1 <= inv_temperature < 2**16`` and ``0 <= d < 2**32`` (tested)."""
+    d = np.asarray(d, np.int64)
+    p = np.minimum(np.minimum(d, PRODUCT_CLAMP) * np.asarray(inv_temperature, np.int64), PRODUCT_CLAMP)
+    x = (p + 128) >> 8
+    t = (x * golden.LOG2E_Q16 + (1 << 15)) >> 16
+    return _EXP2[(t >> 8) & 0xFF] >> (t >> 16)
+
+
+def _csd_terms(c):
+    """``c`` as a sum of signed powers of two with no two adjacent (canonical signed digits):
+    ``[(sign, shift), ...]``; ``x * c`` becomes a few shifted adds."""
+    terms, shift = [], 0
+    while c:
+        if c & 1:
+            digit = 2 - (c & 3)          # +1 when c = ...01, -1 when c = ...11
+            terms.append((digit, shift))
+            c -= digit
+        c >>= 1
+        shift += 1
+    return terms
+
+
+_LOG2E_TERMS = _csd_terms(golden.LOG2E_Q16)       # 2**16 + 2**15 - 2**12 + 2**8 + 2**6 + 2**4 + 2**2
+assert sum(sign << shift for sign, shift in _LOG2E_TERMS) == golden.LOG2E_Q16
+
+
+def exp_weight_cycles(inv_temperature):
+    """Cycles :class:`ExpWeight` takes for one weight, from the request's transfer to the
+    result's (taken at once): one per bit of ``inv_temperature`` below its top one, then the
+    rounding, the table and the offer."""
+    return max(int(inv_temperature).bit_length() - 1, 0) + 3
+
+
+class ExpWeight(wiring.Component):
+    """One candidate's weight: ``exp_neg_fix(shift_round(d * inv_temperature, 8))`` (Q0.16).
+
+    ``d`` is ``max - logit`` (``0 .. 2**32 - 1``), ``inv_temperature`` any 16-bit value
+    (:class:`tritium.sim.lmstep.SamplingParams`: ``1 .. 2**16 - 1`` when sampling). The product
+    ``p = min(d, 2**28) * inv_temperature`` is formed most significant bit first, starting at
+    the top set bit of ``inv_temperature``, and held at :data:`PRODUCT_CLAMP` once it reaches it
+    (``2 p' + a`` never decreases, so this is ``min(p, 2**28)`` exactly); then ``x = (p + 128) >>
+    8``, ``t = (x * LOG2E_Q16 + 2**15) >> 16`` (seven shifted adds) and the weight is the exp2
+    table's entry ``t[8:16]`` shifted right by ``t >> 16``: see :func:`exp_weight`.
+
+    Members
+    -------
+    req : In(stream: ``d`` (32 bits), ``inv_temperature`` (16 bits))
+        Taken when idle.
+    res : Out(stream of a weight, :data:`WEIGHT_BITS` bits)
+        One per request, transferred :func:`exp_weight_cycles` cycles after it at the earliest
+        (``bit_length(inv_temperature) + 2``: 11 at ``inv_temperature = 256``); the next request
+        is taken once it has been.
+    """
+
+    def __init__(self):
+        super().__init__({
+            "req": In(stream.Signature(data.StructLayout({"d": 32, "inv_temperature": _INV_BITS}))),
+            "res": Out(stream.Signature(WEIGHT_BITS)),
+        })
+        self.table = memory.Memory(shape=unsigned(WEIGHT_BITS), depth=golden.EXP2_ENTRIES,
+                                   init=[int(v) for v in _EXP2])
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.table = self.table
+        rd = self.table.read_port(transparent_for=())
+        d, inv = self.req.payload.d, self.req.payload.inv_temperature
+        a = Signal(_D_BITS)                      # min(d, 2**28)
+        p = Signal(_D_BITS)                      # the product so far, at most 2**28
+        b = Signal(_INV_BITS)
+        bit = Signal(range(_INV_BITS))           # the next bit of b, while `more`
+        more = Signal()
+        top = Signal(range(_INV_BITS + 1))       # bit_length(inv)
+        for i in range(_INV_BITS):
+            with m.If(inv[i]):
+                m.d.comb += top.eq(i + 1)
+        clamped = Signal(_D_BITS)
+        m.d.comb += clamped.eq(Mux(d[_D_BITS - 1:].any(), PRODUCT_CLAMP, d))
+        step = Signal(_D_BITS + 1)
+        m.d.comb += step.eq((p << 1) + Mux(b.bit_select(bit, 1), a, 0))
+        x = Signal(_X_BITS)
+        t = Signal(_T_BITS)
+        n = Signal(_T_BITS - 16)
+        prod = 0
+        for sign, shift in _LOG2E_TERMS:
+            prod = prod + (x << shift) if sign > 0 else prod - (x << shift)
+        m.d.comb += [t.eq((prod + (1 << 15)) >> 16),
+                     rd.addr.eq(t[8:16]), rd.en.eq(0),
+                     # a shift of 17 or more leaves 0, as exp_neg_fix does
+                     self.res.payload.eq(rd.data >> n)]
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.req.ready.eq(1)
+                with m.If(self.req.valid):
+                    # the top set bit of inv contributes a itself; the bits below it follow
+                    m.d.sync += [a.eq(clamped), p.eq(Mux(top == 0, 0, clamped)), b.eq(inv),
+                                 bit.eq(top - 2), more.eq(top >= 2)]
+                    m.next = "PRODUCT"
+            with m.State("PRODUCT"):
+                with m.If(more):
+                    m.d.sync += p.eq(Mux(step[_D_BITS - 1:].any(), PRODUCT_CLAMP, step))
+                    m.d.sync += bit.eq(bit - 1)
+                    with m.If(bit == 0):
+                        m.d.sync += more.eq(0)
+                with m.Else():
+                    m.d.sync += x.eq((p + 128) >> 8)
+                    m.next = "TABLE"
+            with m.State("TABLE"):
+                m.d.comb += rd.en.eq(1)
+                m.d.sync += n.eq(t[16:])
+                m.next = "OFFER"
+            with m.State("OFFER"):
+                m.d.comb += self.res.valid.eq(1)
+                with m.If(self.res.ready):
+                    m.next = "IDLE"
+        return m
+
+
+def _xorshift32(x):
+    """:func:`golden.xorshift32` on a 32-bit value (combinational)."""
+    x = x ^ (x << 13)[:32]
+    x = x ^ (x >> 17)
+    return x ^ (x << 5)[:32]
+
+
+class _Pass(enum.Enum, shape=2):
+    MAX = 0
+    COUNT = 1
+    SUM = 2
+    PICK = 3
+
+
+class TokenSampler(wiring.Component):
+    """The on-chip choice of the next token, bit for bit :func:`tritium.sim.lmstep.choose_token`.
+
+    Parameters
+    ----------
+    max_vocab : int
+        The most logits one choice reads (2..256).
+    addr_bits : int
+        Width of a vector-memory address (1..16).
+
+    Members
+    -------
+    seed : In(stream of 32 bits)
+        Loads the xorshift32 state as given (the host sends :func:`tritium.sim.lmstep.rng_seed`
+        of a request's seed, never 0; a state of 0 would stay 0, as in the spec). Taken whenever
+        the sampler is not busy, also in the cycle a start is taken (that choice then uses it).
+        The state persists from one choice to the next (one seed, then one start per token);
+        after reset it is ``rng_seed(0)``. Only sampling steps it, once per choice.
+    start : In(stream: ``base`` (``addr_bits``), ``vocab`` (``0..max_vocab``), ``inv_temperature``
+        (16 bits, 0 = greedy), ``top_k`` (16 bits, 0 = all))
+        One choice over the ``vocab`` logits (int32 Q16.16) at ``base .. base + vocab - 1``
+        (addresses wrap at ``2**addr_bits``). Taken when not busy. ``vocab = 0`` is answered with
+        token 0 at once, nothing read and the state unchanged.
+    peek : Out(stream of an address)
+        Read requests, one address per transfer; the next only after the word of the last one
+        has been taken (one read in flight).
+    word : In(stream of signed(32))
+        The word at each requested address, in request order, any number (>= 1) of cycles after
+        its request.
+    token : Out(stream of ``range(max_vocab)``)
+        The chosen id, relative to ``base``, one per start; held until taken.
+    busy : Out(1)
+        High from a start's transfer until its token's transfer.
+
+    Timing. With each word taken ``L`` cycles after its request (``L = 1`` from
+    :class:`~tritium.hw.vector.VectorUnit`) and the token taken at once, a choice takes, from
+    the start's transfer to the token's (``V = vocab``, ``W = bit_length(inv_temperature) + 2``
+    the cycles of one weight; :func:`choice_model` gives it exactly)::
+
+        greedy:    V (L + 1) + 2
+        sampling:  V (L + 1) + 2                 max pass, then the search's end
+                 + P (V (L + 1) + 2)             P count passes (top-k only)
+                 + V (L + 1) + W C               sum pass: C candidates
+                 + 34                            the draw: a xorshift32 step, a 32-cycle product
+                 + I (L + 1) + W C_I + 1         pick pass over the first I logits (the pick the
+                                                 last), C_I candidates among them; the offer
+
+    ``C`` is ``min(top_k, V)``, or ``V`` without top-k. ``P`` is 0 without top-k (``top_k`` 0, 1
+    or ``>= V``), else at most ``29 - floor(log2(inv_temperature))`` (21 at ``inv_temperature =
+    256``, one per bit of ``Z``), fewer when a count equals ``top_k`` (on distinct logits the
+    search typically stops once the probes reach the gap between the k-th and the next logit).
+    E.g. ``V = 256``, ``L = 1``, ``inv_temperature = 256`` (``W = 11``): greedy 514 cycles; no
+    top-k ``3,877 + 13 I``, at most 7,205; top-k 40 ``1,501 + 514 P + 2 I + 11 C_I``, at most
+    13,247. ``vocab = 0``: 1 cycle.
+    """
+
+    def __init__(self, *, max_vocab, addr_bits):
+        self.max_vocab = _positive(self, "max_vocab", max_vocab, 2, 256)
+        self.addr_bits = _positive(self, "addr_bits", addr_bits, 1, 16)
+        #: Width of the sum of the weights (at most ``max_vocab * 2**16``).
+        self.sum_bits = (max_vocab << golden.FIX_FRAC).bit_length()
+        self.start_layout = data.StructLayout({
+            "base": addr_bits, "vocab": range(max_vocab + 1), "inv_temperature": _INV_BITS, "top_k": 16,
+        })
+        super().__init__({
+            "seed": In(stream.Signature(32)),
+            "start": In(stream.Signature(self.start_layout)),
+            "peek": Out(stream.Signature(addr_bits)),
+            "word": In(stream.Signature(signed(32))),
+            "token": Out(stream.Signature(range(max_vocab))),
+            "busy": Out(1),
+        })
+        #: The xorshift32 state (read by the tests; not a port).
+        self.rng = Signal(32, init=lmstep.rng_seed(0))
+
+    def elaborate(self, platform):
+        m = Module()
+        V = self.max_vocab
+        m.submodules.weight = weight = ExpWeight()
+        m.submodules.draw = draw = SerialMultiplier(a_width=self.sum_bits, b_width=32)
+        rng = self.rng
+        cmd = Signal(self.start_layout)
+        kind = Signal(_Pass)
+        idx = Signal(range(V + 1))                 # the logit being read, in this pass
+        zmax = Signal(signed(32))
+        arg, tok = Signal(range(V)), Signal(range(V))
+        # Every test is on d = max - z, through one subtractor and one comparison with `ref`.
+        # The search for the threshold D: count(d <= hi) >= top_k (or hi = the zero-weight bound),
+        # count(d <= lo - 1) = below < top_k; `ref` is the probe, then D
+        lo, hi, ref = Signal(range(PRODUCT_CLAMP + 1)), Signal(range(PRODUCT_CLAMP + 1)), Signal(range(PRODUCT_CLAMP + 1))
+        count, below = Signal(range(V + 1)), Signal(range(V + 1))
+        filtering = Signal()                       # top-k in force: candidates d < D, and the first
+        ties, ties_seen = Signal(range(V + 1)), Signal(range(V + 1))   # `ties` of d == D
+        total, run, target = Signal(self.sum_bits), Signal(self.sum_bits), Signal(self.sum_bits)
+
+        z = self.word.payload
+        k = cmd.top_k
+        d = Signal(signed(33))
+        diff = Signal(signed(34))
+        candidate = Signal()
+        m.d.comb += [
+            d.eq(zmax - z),
+            diff.eq(d - ref),
+            self.peek.payload.eq(cmd.base + idx),
+            self.token.payload.eq(tok),
+            candidate.eq(~filtering | (diff < 0) | ((diff == 0) & (ties_seen < ties))),
+            weight.req.payload.d.eq(d),
+            weight.req.payload.inv_temperature.eq(cmd.inv_temperature),
+        ]
+        # d >= 2**28 >> (bit_length(inv) - 1) >= 2**28 / inv has weight 0: the search stops there
+        top = Signal(range(_INV_BITS + 1))
+        for i in range(_INV_BITS):
+            with m.If(cmd.inv_temperature[i]):
+                m.d.comb += top.eq(i)
+        zero_from = Signal(range(PRODUCT_CLAMP + 1))
+        m.d.comb += zero_from.eq(Const(PRODUCT_CLAMP, _D_BITS) >> top)
+
+        def begin(pass_kind):
+            m.d.sync += [kind.eq(pass_kind), idx.eq(0), ties_seen.eq(0)]
+            m.next = "READ"
+
+        def advance():
+            with m.If(idx + 1 == cmd.vocab):
+                with m.Switch(kind):
+                    with m.Case(_Pass.MAX):
+                        m.next = "MAX_END"
+                    with m.Case(_Pass.COUNT):
+                        m.next = "COUNT_END"
+                    with m.Case(_Pass.SUM):
+                        m.next = "DRAW"
+                    with m.Case(_Pass.PICK):    # not reached: the last candidate's sum exceeds target
+                        m.next = "OFFER"
+            with m.Else():
+                m.d.sync += idx.eq(idx + 1)
+                m.next = "READ"
+
+        with m.FSM() as fsm:
+            with m.State("IDLE"):
+                m.d.comb += [self.seed.ready.eq(1), self.start.ready.eq(1)]
+                with m.If(self.seed.valid):
+                    m.d.sync += rng.eq(self.seed.payload)
+                with m.If(self.start.valid):
+                    m.d.sync += cmd.eq(self.start.payload)
+                    with m.If(self.start.payload.vocab == 0):
+                        m.d.sync += tok.eq(0)
+                        m.next = "OFFER"
+                    with m.Else():
+                        begin(_Pass.MAX)
+
+            # -- one logit: request it, take its word -----------------------------------------
+            with m.State("READ"):
+                m.d.comb += self.peek.valid.eq(1)
+                with m.If(self.peek.ready):
+                    m.next = "WAIT"
+            with m.State("WAIT"):
+                with m.Switch(kind):
+                    with m.Case(_Pass.MAX):
+                        m.d.comb += self.word.ready.eq(1)
+                        # strictly greater (d < 0): the lowest id wins a tie
+                        with m.If(self.word.valid & ((idx == 0) | (d < 0))):
+                            m.d.sync += [zmax.eq(z), arg.eq(idx)]
+                        with m.If(self.word.valid):
+                            advance()
+                    with m.Case(_Pass.COUNT):
+                        m.d.comb += self.word.ready.eq(1)
+                        with m.If(self.word.valid):
+                            m.d.sync += count.eq(count + (diff <= 0))
+                            advance()
+                    with m.Default():   # SUM, PICK: a candidate's word goes on to the weight
+                        m.d.comb += [self.word.ready.eq(weight.req.ready),
+                                     weight.req.valid.eq(self.word.valid & candidate)]
+                        with m.If(self.word.valid & weight.req.ready):
+                            with m.If(diff == 0):       # (counted always, used when filtering)
+                                m.d.sync += ties_seen.eq(ties_seen + 1)
+                            with m.If(candidate):
+                                m.next = "WEIGHT"
+                            with m.Else():
+                                advance()
+            with m.State("WEIGHT"):
+                m.d.comb += weight.res.ready.eq(1)
+                with m.If(weight.res.valid):
+                    with m.If(kind == _Pass.SUM):
+                        m.d.sync += total.eq(total + weight.res.payload)
+                        advance()
+                    with m.Else():
+                        m.d.sync += run.eq(run + weight.res.payload)
+                        with m.If(run + weight.res.payload > target):
+                            m.d.sync += tok.eq(idx)
+                            m.next = "OFFER"
+                        with m.Else():
+                            advance()
+
+            # -- between the passes --------------------------------------------------------------
+            with m.State("MAX_END"):
+                with m.If(cmd.inv_temperature == 0):
+                    m.d.sync += tok.eq(arg)
+                    m.next = "OFFER"
+                with m.Else():
+                    topk = (k != 0) & (k < cmd.vocab)
+                    # top-1 needs no search: D = 0, the first max taken
+                    m.d.sync += [filtering.eq(topk), lo.eq(0), hi.eq(Mux(topk & (k != 1), zero_from, 0)),
+                                 below.eq(0)]
+                    m.next = "SEARCH"
+            with m.State("SEARCH"):
+                with m.If(lo == hi):
+                    m.d.sync += [ref.eq(lo), ties.eq(k - below), total.eq(0)]
+                    begin(_Pass.SUM)
+                with m.Else():
+                    m.d.sync += [ref.eq((lo + hi) >> 1), count.eq(0)]
+                    begin(_Pass.COUNT)
+            with m.State("COUNT_END"):
+                with m.If(count > k):
+                    m.d.sync += hi.eq(ref)
+                with m.Elif(count == k):
+                    # exactly top_k with d <= ref: they are the candidates (d < ref + 1, no ties)
+                    m.d.sync += [lo.eq(ref + 1), hi.eq(ref + 1), below.eq(count)]
+                with m.Else():
+                    m.d.sync += [lo.eq(ref + 1), below.eq(count)]
+                m.next = "SEARCH"
+            with m.State("DRAW"):
+                # one xorshift32 step; target = (state * sum) >> 32
+                step = _xorshift32(rng)
+                m.d.comb += [draw.req.valid.eq(1), draw.req.payload.a.eq(total), draw.req.payload.b.eq(step)]
+                with m.If(draw.req.ready):
+                    m.d.sync += rng.eq(step)
+                    m.next = "DRAW_WAIT"
+            with m.State("DRAW_WAIT"):
+                m.d.comb += draw.res.ready.eq(1)
+                with m.If(draw.res.valid):
+                    m.d.sync += [target.eq(draw.res.payload[32:]), run.eq(0)]
+                    begin(_Pass.PICK)
+
+            with m.State("OFFER"):
+                m.d.comb += self.token.valid.eq(1)
+                with m.If(self.token.ready):
+                    m.next = "IDLE"
+        m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
+        return m
+
+
+def choice_model(logits, params, rng_state, *, latency=1):
+    """:class:`TokenSampler`'s algorithm in plain Python: ``(token, new rng state, cycles,
+    passes)`` for one choice over ``logits`` with :class:`tritium.sim.lmstep.SamplingParams`
+    ``params``. ``cycles`` runs from the start's transfer to the token's with every word arriving
+    ``latency`` cycles after its request and the token taken at once (the docstring's formula,
+    exactly); ``passes`` counts the top-k search's passes."""
+    z = [int(v) for v in np.asarray(logits, np.int64).ravel()]
+    V = len(z)
+    if V == 0:
+        return 0, rng_state, 1, 0
+    element = latency + 1
+    cycles = V * element + 1                                       # max pass, MAX_END
+    zmax = max(z)
+    if params.inv_temperature == 0:
+        return z.index(zmax), rng_state, cycles + 1, 0             # OFFER
+    inv, k = params.inv_temperature, params.top_k
+    d = [zmax - v for v in z]
+    filtering = 0 < k < V
+    lo, hi, below, passes = 0, (PRODUCT_CLAMP >> (inv.bit_length() - 1) if filtering and k != 1 else 0), 0, 0
+    while lo != hi:                                                # SEARCH, a count pass, COUNT_END
+        mid = (lo + hi) >> 1
+        count = sum(v <= mid for v in d)
+        cycles += V * element + 2
+        passes += 1
+        if count > k:
+            hi = mid
+        elif count == k:
+            lo = hi = mid + 1
+            below = count
+        else:
+            lo, below = mid + 1, count
+    cycles += 1                                                    # SEARCH: the sum pass begins
+    ties = k - below
+    weight = exp_weight_cycles(inv)
+
+    def candidates():
+        seen = 0
+        for i, v in enumerate(d):
+            yield i, not filtering or v < lo or (v == lo and seen < ties)
+            seen += v == lo
+
+    total = 0
+    for i, take in candidates():
+        cycles += element + (weight if take else 0)
+        total += int(exp_weight(d[i], inv)) if take else 0
+    state = golden.xorshift32(rng_state)
+    target = (state * total) >> 32
+    cycles += 1 + 32 + 1                                           # DRAW, the product, DRAW_WAIT
+    run = 0
+    for i, take in candidates():
+        cycles += element + (weight if take else 0)
+        if take:
+            run += int(exp_weight(d[i], inv))
+            if run > target:
+                return i, state, cycles + 1, passes                # OFFER
+    raise AssertionError("no pick: the weights' sum exceeds every target")

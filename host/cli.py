@@ -155,10 +155,9 @@ def main(argv=None):
     p_cfg.add_argument("--config", choices=list(CONFIGS))
     p_cfg.add_argument("--json", action="store_true")
     p_cfg.set_defaults(func=_info)
-    def backend_args(sp, default_config="default"):
+    def backend_args(sp, default_config="default", config_help="engine configuration of the golden/sim device"):
         sp.add_argument("--backend", choices=["golden", "sim", "serial"], default="golden")
-        sp.add_argument("--config", default=default_config, choices=list(CONFIGS),
-                        help="engine configuration of the golden/sim device")
+        sp.add_argument("--config", default=default_config, choices=list(CONFIGS), help=config_help)
         sp.add_argument("--port", help="serial port of a board (serial backend); default: the attached "
                                        "iCEBreaker's or ULX3S's FTDI UART, found by USB VID:PID")
         sp.add_argument("--baud", type=int, default=1_000_000)
@@ -175,7 +174,9 @@ def main(argv=None):
     p_st.add_argument("--seed", type=int, default=1)
     p_st.set_defaults(func=_selftest)
     p_g = sub.add_parser("generate", help="generate text with a ternary model on a device (the main job)")
-    backend_args(p_g, default_config="up5k-spram")
+    backend_args(p_g, default_config=None,
+                 config_help="engine configuration of the golden/sim device; default: the board that runs the mode "
+                             "(ulx3s with the whole LM step on the device, up5k-spram, the iCEBreaker's, otherwise)")
     p_g.add_argument("--model", help="model file (.safetensors or .gguf); default: the shipped MatMul-free LM")
     p_g.add_argument("--prompt", help="prompt text (UTF-8)")
     p_g.add_argument("--prompt-ids", help="prompt as comma-separated token ids (models without a byte vocabulary)")

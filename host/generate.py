@@ -177,6 +177,10 @@ def run(args, open_accelerator):
             if mode == "device":
                 raise TritiumValueError(f"--mode device: {e}") from None
             image, why_host = None, str(e)
+    if getattr(args, "config", None) is None:
+        # the golden / simulated device is the board that runs the mode: the ULX3S runs the whole
+        # LM step, the iCEBreaker is the coprocessor
+        args.config = "ulx3s" if lm is not None else "up5k-spram"
     err = sys.stderr
     t_load = time.monotonic()
     acc, transport = open_accelerator(args, lm=lm)

@@ -204,6 +204,8 @@ CONFIGS = {
     "odd": EngineParams(lanes=3, trits=3, packing="trit2", max_k=200, weight_depth=128),
     "default-reg": EngineParams(lanes=8, trits=4, packing="trit2", max_k=1024, weight_depth=512,
                                 read_register=True),
+    # the ULX3S 85F board's engine: the default datapath over 64 DP16KD (16384 words, 512K trits)
+    "ulx3s": EngineParams(lanes=8, trits=4, packing="trit2", max_k=2048, weight_depth=16384),
 }
 
 

@@ -5,8 +5,9 @@
 the xorshift32 state from one choice to the next. It is sequential and small: one read in
 flight, a few passes over the logits, one subtractor and one comparator on the logits, a
 shift-and-add multiplier for ``(max - logit) * inv_temperature`` (:class:`ExpWeight`) and
-another for the draw's ``(state * sum) >> 32``, the 256-entry exp2 table in a ROM. :func:`choice_model` is the same algorithm in plain Python with
-its exact cycle count (the tests check both against the RTL).
+another for the draw's ``(state * sum) >> 32``, the 256-entry exp2 table in a ROM.
+:func:`choice_model` is the same algorithm in plain Python with its exact cycle count (the tests
+check both against the RTL and the spec).
 
 The algorithm (``docs/vector.md``, "Token sampler"), every test on ``d = max - logit``:
 
@@ -60,7 +61,7 @@ _INV_BITS = 16
 _EXP2 = golden.exp2_table()
 
 
-def _positive(owner, name, value, lo, hi):
+def _int_in(owner, name, value, lo, hi):
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise rejected(owner, TritiumValueError(f"{type(owner).__name__}: {name} = {value!r} must be an integer "
                                                 f"in {lo}..{hi}"))
@@ -85,8 +86,8 @@ class SerialMultiplier(wiring.Component):
     """
 
     def __init__(self, *, a_width, b_width):
-        self.a_width = _positive(self, "a_width", a_width, 1, 64)
-        self.b_width = _positive(self, "b_width", b_width, 1, 64)
+        self.a_width = _int_in(self, "a_width", a_width, 1, 64)
+        self.b_width = _int_in(self, "b_width", b_width, 1, 64)
         super().__init__({
             "req": In(stream.Signature(data.StructLayout({"a": a_width, "b": b_width}))),
             "res": Out(stream.Signature(a_width + b_width)),
@@ -298,16 +299,17 @@ class TokenSampler(wiring.Component):
 
     ``C`` is ``min(top_k, V)``, or ``V`` without top-k. ``P`` is 0 without top-k (``top_k`` 0, 1
     or ``>= V``), else at most ``29 - floor(log2(inv_temperature))`` (21 at ``inv_temperature =
-    256``, one per bit of ``Z``), fewer when a count equals ``top_k`` (on distinct logits the
-    search typically stops once the probes reach the gap between the k-th and the next logit).
+    256``: one per bit of the zero-weight bound ``Z``, see the module's docstring), fewer when a
+    count equals ``top_k`` (on distinct logits the search typically stops once a probe falls in
+    the gap between the k-th and the next logit).
     E.g. ``V = 256``, ``L = 1``, ``inv_temperature = 256`` (``W = 11``): greedy 514 cycles; no
     top-k ``3,877 + 13 I``, at most 7,205; top-k 40 ``1,501 + 514 P + 2 I + 11 C_I``, at most
     13,247. ``vocab = 0``: 1 cycle.
     """
 
     def __init__(self, *, max_vocab, addr_bits):
-        self.max_vocab = _positive(self, "max_vocab", max_vocab, 2, 256)
-        self.addr_bits = _positive(self, "addr_bits", addr_bits, 1, 16)
+        self.max_vocab = _int_in(self, "max_vocab", max_vocab, 2, 256)
+        self.addr_bits = _int_in(self, "addr_bits", addr_bits, 1, 16)
         #: Width of the sum of the weights (at most ``max_vocab * 2**16``).
         self.sum_bits = (max_vocab << golden.FIX_FRAC).bit_length()
         self.start_layout = data.StructLayout({
@@ -338,11 +340,13 @@ class TokenSampler(wiring.Component):
         # Every test is on d = max - z, through one subtractor and one comparison with `ref`.
         # The search for the threshold D: count(d <= hi) >= top_k (or hi = the zero-weight bound),
         # count(d <= lo - 1) = below < top_k; `ref` is the probe, then D
-        lo, hi, ref = Signal(range(PRODUCT_CLAMP + 1)), Signal(range(PRODUCT_CLAMP + 1)), Signal(range(PRODUCT_CLAMP + 1))
+        span = range(PRODUCT_CLAMP + 1)
+        lo, hi, ref = Signal(span), Signal(span), Signal(span)
         count, below = Signal(range(V + 1)), Signal(range(V + 1))
         filtering = Signal()                       # top-k in force: candidates d < D, and the first
         ties, ties_seen = Signal(range(V + 1)), Signal(range(V + 1))   # `ties` of d == D
-        total, run, target = Signal(self.sum_bits), Signal(self.sum_bits), Signal(self.sum_bits)
+        # the sum of the weights, then (after the draw) the running sum up to the pick
+        acc, target = Signal(self.sum_bits), Signal(self.sum_bits)
 
         z = self.word.payload
         k = cmd.top_k
@@ -430,12 +434,11 @@ class TokenSampler(wiring.Component):
             with m.State("WEIGHT"):
                 m.d.comb += weight.res.ready.eq(1)
                 with m.If(weight.res.valid):
+                    m.d.sync += acc.eq(acc + weight.res.payload)
                     with m.If(kind == _Pass.SUM):
-                        m.d.sync += total.eq(total + weight.res.payload)
                         advance()
                     with m.Else():
-                        m.d.sync += run.eq(run + weight.res.payload)
-                        with m.If(run + weight.res.payload > target):
+                        with m.If(acc + weight.res.payload > target):
                             m.d.sync += tok.eq(idx)
                             m.next = "OFFER"
                         with m.Else():
@@ -454,7 +457,7 @@ class TokenSampler(wiring.Component):
                     m.next = "SEARCH"
             with m.State("SEARCH"):
                 with m.If(lo == hi):
-                    m.d.sync += [ref.eq(lo), ties.eq(k - below), total.eq(0)]
+                    m.d.sync += [ref.eq(lo), ties.eq(k - below), acc.eq(0)]
                     begin(_Pass.SUM)
                 with m.Else():
                     m.d.sync += [ref.eq((lo + hi) >> 1), count.eq(0)]
@@ -471,14 +474,14 @@ class TokenSampler(wiring.Component):
             with m.State("DRAW"):
                 # one xorshift32 step; target = (state * sum) >> 32
                 step = _xorshift32(rng)
-                m.d.comb += [draw.req.valid.eq(1), draw.req.payload.a.eq(total), draw.req.payload.b.eq(step)]
+                m.d.comb += [draw.req.valid.eq(1), draw.req.payload.a.eq(acc), draw.req.payload.b.eq(step)]
                 with m.If(draw.req.ready):
                     m.d.sync += rng.eq(step)
                     m.next = "DRAW_WAIT"
             with m.State("DRAW_WAIT"):
                 m.d.comb += draw.res.ready.eq(1)
                 with m.If(draw.res.valid):
-                    m.d.sync += [target.eq(draw.res.payload[32:]), run.eq(0)]
+                    m.d.sync += [target.eq(draw.res.payload[32:]), acc.eq(0)]
                     begin(_Pass.PICK)
 
             with m.State("OFFER"):

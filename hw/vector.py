@@ -267,7 +267,7 @@ class VectorUnit(wiring.Component):
         Writes the constant memory (while idle).
     peek : In(stream of a vector address)
         Reads one word of vector memory while idle (an instruction waiting goes first);
-        the word is offered on ``word`` the cycle after.
+        the word is offered on ``word`` two cycles after, from a register.
     word : Out(stream of signed(32))
     busy : Out(1)
         High from an instruction's acceptance until it has finished.
@@ -339,6 +339,7 @@ class VectorUnit(wiring.Component):
         red_v, red_val = Signal(), Signal(signed(32))
         sq_v, sq_p = Signal(), Signal(54)
         running = Signal()
+        peek_word = Signal(signed(32))
         op = cur.op
 
         m.d.comb += [self.busy.eq(running | ~self.instr.ready)]
@@ -461,8 +462,11 @@ class VectorUnit(wiring.Component):
                         with m.Default():
                             m.d.sync += running.eq(1)
                             m.next = "RUN"
-            with m.State("PEEK"):
-                m.d.comb += [self.word.valid.eq(1), self.word.payload.eq(ra.data), ra.en.eq(0)]
+            with m.State("PEEK"):      # the word is registered before it leaves (no RAM output path out)
+                m.d.sync += peek_word.eq(ra.data)
+                m.next = "PEEK_WORD"
+            with m.State("PEEK_WORD"):
+                m.d.comb += [self.word.valid.eq(1), self.word.payload.eq(peek_word)]
                 with m.If(self.word.ready):
                     m.next = "IDLE"
             with m.State("EXT"):

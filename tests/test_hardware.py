@@ -46,7 +46,9 @@ def test_selftest_on_the_board(board_port, capsys):
 
 
 def test_generation_on_the_board_matches_golden(board_port, capsys):
-    args = ["generate", "--prompt", "The return statement", "--max-tokens", "8", "--seed", "0", "--json", "--quiet"]
+    # (the iCEBreaker is the matrix-vector coprocessor: the host runs the step, on both sides)
+    args = ["generate", "--prompt", "The return statement", "--max-tokens", "8", "--seed", "0", "--json", "--quiet",
+            "--mode", "host"]
     board = json.loads(_cli(capsys, *args, "--backend", "serial", "--port", board_port))
     golden = json.loads(_cli(capsys, *args, "--backend", "golden"))
     # the board's exact integer products give the same tokens as the golden device, token for token

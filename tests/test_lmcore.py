@@ -250,3 +250,59 @@ def test_faults_in_a_program_end_generate_with_the_golden_devices_error(image):
     tokens, (_, end) = generation(frames, fr.seq)
     want, reason = spec_tokens(image, [5, 17], max_tokens=2)
     assert tokens == want and P.GENERATE_END_LAYOUT.unpack(end) == (2, reason)
+
+
+# -- the shipped model on the simulated board device, through the host runtime --------------------
+
+RUNS = [  # (prompt, temperature, top_k, seed): greedy, top-k sampling, full-vocabulary sampling
+    (b"The return statement", 0.0, 0, 0),
+    (b"def main():\n    ", 0.8, 40, 1),
+    (b"A loop repeats while", 1.2, 0, 7),
+]
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from tritium.host.models import DEFAULT_MODEL, load_model
+    return lmstep.compile_mmfree(load_model(DEFAULT_MODEL))
+
+
+def _generate_on(transport, image, runs, tokens):
+    from tritium.host.accelerator import Accelerator
+    from tritium.host.lmdevice import generate_on_device, load_image
+    with transport:
+        acc = Accelerator(transport, timeout=60)
+        load_image(acc, image)
+        return [generate_on_device(acc, list(prompt), max_tokens=tokens, temperature=t, top_k=k, seed=s)
+                for prompt, t, k, s in runs]
+
+
+@pytest.mark.cocotb
+def test_the_simulated_ulx3s_device_generates_64_tokens_like_the_golden(shipped):
+    # The board's device (LinkDevice with the LM step, the ULX3S's engine) as Verilog under
+    # Verilator (the fast C++ harness, behind the pty): 64 tokens for each prompt / sampling
+    # setting, every token equal to the golden device's and to the host's integer spec.
+    from tritium.host.transport import GoldenTransport, SimTransport
+    from tritium.hw.boards import BOARDS
+    from tritium.hw.params import CONFIGS, LM_DEFAULT
+    _, params, _, lm, _ = BOARDS["ulx3s-85f"]
+    assert params == CONFIGS["ulx3s"] and lm == LM_DEFAULT
+    sim = _generate_on(SimTransport(params, name="ulx3s", lm=lm, engine="verilator"), shipped, RUNS, 64)
+    gold = _generate_on(GoldenTransport(params, lm=lm), shipped, RUNS, 64)
+    assert sim == gold
+    for (prompt, t, k, s), (tokens, reason) in zip(RUNS, sim):
+        spec, _ = spec_tokens(shipped, list(prompt), max_tokens=64,
+                              inv_temperature=lmstep.SamplingParams.from_float(t, k).inv_temperature, top_k=k,
+                              seed=s)
+        assert tokens == spec and reason == P.Stop.MAX_TOKENS
+    assert len({tuple(t) for t, _ in sim}) == len(RUNS)
+
+
+@pytest.mark.cocotb
+def test_the_device_under_cocotb_generates_like_the_golden(shipped):
+    # the same device under cocotb (the verification harness, sim/tb_device.py): a short generation
+    from tritium.host.transport import GoldenTransport, SimTransport
+    from tritium.hw.params import CONFIGS, LM_DEFAULT
+    params, runs = CONFIGS["ulx3s"], [(b"Th", 0.7, 10, 3)]
+    sim = _generate_on(SimTransport(params, name="ulx3s", lm=LM_DEFAULT, engine="cocotb"), shipped, runs, 2)
+    assert sim == _generate_on(GoldenTransport(params, lm=LM_DEFAULT), shipped, runs, 2)

@@ -217,7 +217,7 @@ def _generate(capsys, *extra):
 
 
 def test_generate_golden_reports_stats(capsys):
-    out = _generate(capsys)
+    out = _generate(capsys, "--mode", "host")
     assert len(out["tokens"]) == 12 and out["text"] == bytes(out["tokens"]).decode("utf-8", "replace")
     assert out["products_per_token"] == 19
     board = out["modeled_board"]
@@ -226,16 +226,20 @@ def test_generate_golden_reports_stats(capsys):
 
 
 @pytest.mark.cocotb
-def test_generate_sim_gives_the_same_tokens_as_golden(capsys):
-    golden_out = _generate(capsys, "--backend", "golden")
-    sim_out = _generate(capsys, "--backend", "sim")
+@pytest.mark.parametrize("mode", ["host", "device"])
+def test_generate_sim_gives_the_same_tokens_as_golden(capsys, mode):
+    # host: the float runtime, every product on the device; device: the whole LM step on it
+    golden_out = _generate(capsys, "--backend", "golden", "--mode", mode)
+    sim_out = _generate(capsys, "--backend", "sim", "--mode", mode)
+    assert sim_out["mode"] == golden_out["mode"] == mode
     assert sim_out["tokens"] == golden_out["tokens"] and sim_out["text"] == golden_out["text"]
     assert sim_out["link_bytes_per_token"] == golden_out["link_bytes_per_token"]
 
 
 def test_generate_streams_text_and_ends_with_a_stats_line():
     proc = subprocess.run([sys.executable, "-m", "tritium.host.cli", "generate", "--prompt", "Lists",
-                           "--max-tokens", "5", "--temperature", "0"], capture_output=True, text=True, timeout=120)
+                           "--max-tokens", "5", "--temperature", "0", "--mode", "host"], capture_output=True, text=True,
+                          timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("Lists") and len(proc.stdout) > len("Lists")
     assert "tok/s on golden" in proc.stderr and "modeled iCEBreaker" in proc.stderr and "link-bound" in proc.stderr
@@ -521,7 +525,7 @@ def test_plan_matches_what_generation_measures(capsys):
     plan = json.loads(capsys.readouterr().out)
     assert plan["weight_words_used"] == plan["weight_words"] == 16384 and len(plan["matrices"]) == 19
     assert plan["matrices"][-1] == {"name": "lm_head", "rows": 256, "cols": 128, "first_word": 15360, "words": 1024}
-    run = _generate(capsys)
+    run = _generate(capsys, "--mode", "host")
     assert plan["link_bytes_per_token"] == run["link_bytes_per_token"]
     assert plan["modeled_icebreaker"]["device_cycles_per_token"] == run["device_cycles_per_token"]
     assert cli(["plan", "--config", "default"]) == 2

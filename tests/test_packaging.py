@@ -220,7 +220,11 @@ def test_wheel_in_a_fresh_venv_runs_the_main_job(tmp_path):
     from tritium.host.models import DEFAULT_MODEL, MatrixRunner, load_model
     from tritium.host.transport import GoldenTransport
     from tritium.hw.params import CONFIGS
-    lm = load_model(DEFAULT_MODEL).bind(MatrixRunner(Accelerator(GoldenTransport(CONFIGS["up5k-spram"]))))
+    # (the shipped MatMul-free model runs whole on the device: the on-chip integer step's tokens)
+    from tritium.host.generate import IntegerStepLM
+    assert out["mode"] == "device"
+    model = load_model(DEFAULT_MODEL)
+    lm = IntegerStepLM(model, MatrixRunner(Accelerator(GoldenTransport(CONFIGS["up5k-spram"]))))
     expected = generate(lm, list(b"The return statement"), max_tokens=12, temperature=0.5, top_k=40, seed=0)
     assert out["tokens"] == expected
 

@@ -58,10 +58,15 @@ def test_clamped_weight_equals_the_spec_at_every_temperature():
         for delta in (-1, 0, 1):
             d = np.clip(e + delta, 0, 2**32 - 1)
             assert np.array_equal(exp_weight(d, inv), _spec_weight(d, inv))
+    # the top-k search's bound Z = 2**28 >> floor(log2(inv)): d * inv >= 2**28 from there on,
+    # so every d >= Z has weight 0 (the weight never increases with d)
+    zero_from = PRODUCT_CLAMP >> (np.floor(np.log2(inv)).astype(np.int64))
+    assert np.all(zero_from * inv >= PRODUCT_CLAMP) and not _spec_weight(zero_from, inv).any()
     # and a million random pairs, half of them with the product below the clamp
     rng = np.random.default_rng(0)
     inv = rng.integers(1, 1 << 16, 1_000_000)
-    d = np.where(rng.random(inv.size) < 0.5, rng.integers(0, 2**32, inv.size), rng.integers(0, PRODUCT_CLAMP, inv.size) // inv)
+    below = rng.integers(0, PRODUCT_CLAMP, inv.size) // inv
+    d = np.where(rng.random(inv.size) < 0.5, rng.integers(0, 2**32, inv.size), below)
     assert np.array_equal(exp_weight(d, inv), _spec_weight(d, inv))
 
 
@@ -98,7 +103,7 @@ def test_choice_model_equals_the_spec():
     rng = np.random.default_rng(1)
     state = lmstep.rng_seed(7)
     passes = []
-    for i in range(1500):
+    for i in range(4000):
         n = int(rng.integers(1, 40))
         params = SP(int(rng.choice((0,) + TEMPERATURES)) if i % 7 else int(rng.integers(1, 1 << 16)),
                     int(rng.choice([0, 1, 2, 5, n - 1, n, n + 3, int(rng.integers(0, n + 1))])))
@@ -320,6 +325,11 @@ def test_sampler_matches_the_spec_vocab_7():
     # ((s * 7 * 2**16) >> 32 with s * 7 = 3 * 2**32 + 2): the pick is the one after, id 3
     jobs += [("seed", _xorshift32_before(-(-3 * 2**32 // 7))), (np.zeros(7, np.int64), SP(256, 0), 2)]
     assert _expected(jobs)[-1][0] == 3
+    # the search stopping early on a probe equal to two logits' d (d = 1.0, the 4th probe counts
+    # exactly 3): both are candidates, and a draw of 1 picks the first, id 0
+    z = -np.array([2**16, 0, 2**16 + 5, 3 * 2**16, 2**16, 20 * 2**16, 2**21])
+    assert choice_model(z, SP(256, 3), _xorshift32_before(1))[::3] == (0, 4)
+    jobs += [("seed", _xorshift32_before(1)), (z, SP(256, 3), 6)]
     jobs += [(np.array([5, 9, 9, 1, 9, 0, 2]) * 65536, SP(0, 0), 1), (np.array([9, 9, 9, 9, 9, 9, 9]), SP(0, 3), 0),
              (np.array([3, 7, 7, 7, 2, 7, 1]), SP(256, 2), 5), ([], SP(256, 2), 4),
              (np.array([G.INT32_MIN, G.INT32_MAX, G.INT32_MAX, G.INT32_MIN, 0, G.INT32_MAX, -1]), SP(65535, 2), 30)]
@@ -381,7 +391,66 @@ def test_cycle_model_matches_simulation():
     assert cycles == 2 * 7 * 2 + 11 * 7 + 34 + (token + 1) * (2 + 11) + 3
     z = np.arange(7) * 65536
     token, _, cycles, passes = choice_model(z, SP(256, 3), 99, latency=1)
-    assert passes > 0 and cycles == 2 * 7 * 2 + passes * (7 * 2 + 2) + 11 * 3 + 34 + (token + 1) * 2 + 11 * (token - 3) + 3
+    # (the candidates are ids 4..6: the pick at id `token` had token - 3 of them up to it)
+    assert passes > 0
+    assert cycles == 2 * 7 * 2 + passes * (7 * 2 + 2) + 11 * 3 + 34 + (token + 1) * 2 + 11 * (token - 3) + 3
+
+
+def test_sampler_reads_through_the_vector_unit():
+    # Wired to the vector unit's own peek / word ports (wiring.connect: the signatures fit), the
+    # logits in its memory: the spec's tokens and states, in exactly choice_model's cycles at L = 1
+    from amaranth.hdl import Module
+    from amaranth.lib import wiring
+
+    from tritium.hw.vector import VectorUnit
+
+    rng = np.random.default_rng(18)
+    unit = VectorUnit(vmem_depth=64, cmem_depth=1)
+    dut = TokenSampler(max_vocab=32, addr_bits=unit.addr_bits)
+    z = np.round(rng.normal(size=30) * 3 * 65536).astype(np.int64)
+    unit.vmem.init = [0] * 20 + [int(v) for v in z] + [0] * 14
+    top = Module()
+    top.submodules.unit, top.submodules.sampler = unit, dut
+    wiring.connect(top, dut.peek, unit.peek)
+    wiring.connect(top, unit.word, dut.word)
+    jobs = [("seed", 77), (z, SP(256, 0), 20), (z, SP(0, 0), 20), (z[:7], SP(4096, 3), 20), (z, SP(200, 9), 20)]
+    cycles = []
+
+    async def bench(ctx):
+        layout = dut.start_layout
+        for logits, params, base in jobs[1:]:
+            ctx.set(dut.start.valid, 1)
+            ctx.set(dut.start.payload.as_value(), layout.const({"base": base, "vocab": len(logits), "top_k": params.top_k,
+                                                                "inv_temperature": params.inv_temperature}).as_bits())
+            await ctx.tick()
+            ctx.set(dut.start.valid, 0)
+            ctx.set(dut.token.ready, 1)
+            count = 1
+            while True:
+                *_, valid, token = await ctx.tick().sample(dut.token.valid, dut.token.payload)
+                if valid:
+                    break
+                count += 1
+            ctx.set(dut.token.ready, 0)
+            cycles.append((token, ctx.get(dut.rng), count))
+
+    async def seed(ctx):
+        ctx.set(dut.seed.payload, 77)
+        ctx.set(dut.seed.valid, 1)
+        await ctx.tick()
+        ctx.set(dut.seed.valid, 0)
+
+    sim = Simulator(top)
+    sim.add_clock(1e-6)
+    sim.add_testbench(seed)
+    sim.add_testbench(bench)
+    sim.run()
+    _check(jobs, cycles, [])
+    state, expected = 77, []
+    for logits, params, _ in jobs[1:]:
+        _, state, count, _ = choice_model(logits, params, state, latency=2)   # the unit's registered word
+        expected.append(count)
+    assert [c for _, _, c in cycles] == expected
 
 
 def test_seed_taken_with_a_start_and_never_while_busy():

@@ -260,7 +260,8 @@ static int run_serve(Harness& h, const char* pty_file, long parent, int quiet_ms
     bool host_gone = false;
     while (!g_stop && !host_gone) {
         if (parent > 0 && getppid() != parent) break;  // the host process died without closing us
-        if ((waiting && h.pending_empty() && !h.out.empty()) || h.out.size() >= 4096) {
+        // replies go out as they are made (a generation streams its tokens while it runs)
+        if (!h.out.empty() && (h.pending_empty() || h.out.size() >= 4096)) {
             write_all(master, h.out.data(), h.out.size());
             h.out.clear();
         }

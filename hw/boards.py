@@ -17,7 +17,8 @@ from amaranth.lib import io
 from amaranth.lib.cdc import ResetSynchronizer
 
 from ..paths import build_dir
-from .params import CONFIGS, LM_DEFAULT, EngineParams
+from ..sim.cost import BOARD_LINKS
+from .params import CONFIGS, LM_DEFAULT
 from .uart import UartLink
 
 __all__ = ["BOARDS", "BoardTop", "board_platform", "board_build_dir", "bitstream_path", "build_plan", "build",
@@ -27,15 +28,15 @@ __all__ = ["BOARDS", "BoardTop", "board_platform", "board_build_dir", "bitstream
 #: iCEBreaker: 12 MHz oscillator, FT2232H; weights in the four SPRAMs (512K trits). The LM step
 #: does not fit beside the engine in the UP5K's 5,280 cells yet (docs/vector.md): the board is the
 #: matrix-vector coprocessor.
-#: ULX3S 85F: 25 MHz oscillator, FT231X; weights in 64 DP16KD (16384 x 64 bits, 512K trits), and
-#: the whole LM step on the chip.
+#: ULX3S 85F: 25 MHz oscillator, FT231X; a 32-lane engine (128 MAC/cycle) with its weights in 64
+#: DP16KD (4096 x 256 bits, 512K trits), and the whole LM step on the chip.
 #: The system clocks come from each board's PLL: the highest whole-MHz frequency (the UART divides
 #: it to 1 Mbaud exactly) that met timing on nextpnr seeds 1, 2 and 3 (docs/perf/boards.md).
 BOARDS = {
-    "icebreaker": ("amaranth_boards.icebreaker:ICEBreakerPlatform", CONFIGS["up5k-spram"], 1_000_000, None,
-                   24_000_000),
-    "ulx3s-85f": ("amaranth_boards.ulx3s:ULX3S_85F_Platform", CONFIGS["ulx3s"], 1_000_000,
-                  LM_DEFAULT, 20_000_000),
+    "icebreaker": ("amaranth_boards.icebreaker:ICEBreakerPlatform", CONFIGS["up5k-spram"], BOARD_LINKS["icebreaker"].baud,
+                   None, BOARD_LINKS["icebreaker"].clock_hz),
+    "ulx3s-85f": ("amaranth_boards.ulx3s:ULX3S_85F_Platform", CONFIGS["ulx3s"], BOARD_LINKS["ulx3s-85f"].baud,
+                  LM_DEFAULT, BOARD_LINKS["ulx3s-85f"].clock_hz),
 }
 
 

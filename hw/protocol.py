@@ -16,9 +16,17 @@ frame refused before that (BAD_CRC, an oversize BAD_LENGTH, TIMEOUT, BAD_SEQ) do
 that stops arriving (no byte for :data:`IDLE_TIMEOUT_BYTES` byte times) is dropped with
 :attr:`Err.TIMEOUT`; after an oversize length the device skips the declared payload and CRC (or
 everything up to the idle timeout) unread. ``docs/protocol.md`` describes each command.
+
+Every byte layout (the frame header, each payload) is declared once here as a :class:`Layout`:
+the host and the golden device pack and unpack with it as a ``struct.Struct``, the gateware views
+the same bits through its Amaranth ``lib.data`` layout (:attr:`Layout.shape`). The frame CRC is
+Amaranth's catalogue entry :data:`CRC_ALGORITHM`: the gateware builds its CRC units from it
+(:func:`crc_parameters`). This module imports Amaranth only when a gateware layout or the CRC
+unit is asked for, so the host runs without it.
 """
 
 import enum
+import functools
 import struct
 
 from ..sim.golden import Packing, TritiumValueError  # Packing: the spec's, with its link code (.code)
@@ -30,7 +38,9 @@ __all__ = ["check_link_params", "SYNC", "ERROR", "REPLY", "VERSION", "MAGIC", "S
            "max_link_rows", "IDEMPOTENT", "SEQ_CONSUMING_ERRORS", "MEMORY_CODES", "FLAG_READ_REGISTER",
            "SET_SLOT_LAYOUT", "STATUS_LAYOUT", "ERROR_LAYOUT", "IDENTIFY_LAYOUT", "FLAG_LM", "Space",
            "WRITE_MEM_HEADER", "LM_CONFIG_LAYOUT", "GENERATE_LAYOUT", "GENERATE_END_LAYOUT", "NO_STOP", "Stop",
-           "space_depth", "space_element_bytes", "instruction_bytes", "generate_payload"]
+           "space_depth", "space_element_bytes", "instruction_bytes", "generate_payload",
+           "Layout", "FRAME_HEADER", "FRAME_CRC", "WRITE_WEIGHTS_HEADER", "MATVEC_HEADER",
+           "CRC_ALGORITHM", "CRC_POLYNOMIAL", "CRC_INITIAL", "crc_parameters"]
 
 SYNC = 0x54          # 'T'
 REPLY = 0x80         # reply op = request op | REPLY
@@ -38,8 +48,67 @@ ERROR = 0xFF         # error reply op
 VERSION = 3          # 2: IDENTIFY also reports memory kind, flags and max_rows; 3: and the LM step's sizes
 MAGIC = b"TRIT"
 SLOTS = 32           # named matrix slots on the device (a power of two)
-HEADER_BYTES = 5     # SYNC, seq, op, len_lo, len_hi
 IDLE_TIMEOUT_BYTES = 64
+
+
+class Layout:
+    """A byte layout of the protocol, declared once: named little-endian fields, in order.
+
+    Parameters
+    ----------
+    **fields : int or str
+        Each field's width in bits (8, 16 or 32: an unsigned little-endian integer), or a
+        ``struct`` byte-string code such as ``"4s"``.
+
+    Members
+    -------
+    fields : dict
+        The declaration.
+    size : int
+        Bytes.
+    format : str
+        The ``struct`` format (``"<BHHH"``).
+    pack, unpack
+        Those of the ``struct.Struct``: what the host and the golden device use.
+    shape : amaranth.lib.data.StructLayout
+        The same bits for gateware (field ``i`` of width ``w`` at the bits it has in the
+        little-endian bytes): ``shape(value)`` views a payload's bits field by field. Built on
+        first use (it imports Amaranth).
+    """
+
+    _CODES = {8: "B", 16: "H", 32: "I"}
+
+    def __init__(self, **fields):
+        codes = []
+        for name, spec in fields.items():
+            if isinstance(spec, str):
+                if not (spec.endswith("s") and spec[:-1].isdigit()):
+                    raise ValueError(f"field {name}: {spec!r} is not a byte-string code like '4s'")
+                codes.append(spec)
+            elif spec in self._CODES:
+                codes.append(self._CODES[spec])
+            else:
+                raise ValueError(f"field {name}: width {spec!r} must be 8, 16 or 32 bits, or a code like '4s'")
+        self.fields = dict(fields)
+        self._struct = struct.Struct("<" + "".join(codes))
+        self.size, self.format = self._struct.size, self._struct.format
+        self.pack, self.unpack = self._struct.pack, self._struct.unpack
+
+    @functools.cached_property
+    def shape(self):
+        from amaranth.lib import data   # gateware only: the host never imports Amaranth
+        return data.StructLayout({name: data.ArrayLayout(8, int(spec[:-1])) if isinstance(spec, str) else spec
+                                  for name, spec in self.fields.items()})
+
+    def __repr__(self):
+        return "Layout(" + ", ".join(f"{name}={spec!r}" for name, spec in self.fields.items()) + ")"
+
+
+#: A frame's header after SYNC (the CRC covers it, then the payload).
+FRAME_HEADER = Layout(seq=8, op=8, length=16)
+#: A frame's trailer: the CRC of the header and payload.
+FRAME_CRC = Layout(crc=16)
+HEADER_BYTES = 1 + FRAME_HEADER.size     # SYNC, seq, op, len_lo, len_hi
 
 
 class Op(enum.IntEnum):
@@ -94,12 +163,16 @@ IDEMPOTENT = frozenset({Op.IDENTIFY, Op.WRITE_WEIGHTS, Op.SET_SLOT, Op.MATVEC, O
 SEQ_CONSUMING_ERRORS = frozenset({Err.BAD_LENGTH, Err.UNKNOWN_OP, Err.BAD_SLOT, Err.EMPTY_SLOT,
                                   Err.OUT_OF_RANGE, Err.NOT_LOADED})
 
+#: WRITE_WEIGHTS payload header (the words follow): the first word's address.
+WRITE_WEIGHTS_HEADER = Layout(addr=16)
 #: SET_SLOT payload: slot, base word, rows, chunks.
-SET_SLOT_LAYOUT = struct.Struct("<BHHH")
+SET_SLOT_LAYOUT = Layout(slot=8, base=16, rows=16, chunks=16)
+#: MATVEC payload header (the activations follow): the slot.
+MATVEC_HEADER = Layout(slot=8)
 #: STATUS reply: frames_ok, errors (both wrap mod 65536), last_error.
-STATUS_LAYOUT = struct.Struct("<HHB")
-#: Error reply payload: error code, request op, expected seq.
-ERROR_LAYOUT = struct.Struct("<BBB")
+STATUS_LAYOUT = Layout(frames_ok=16, errors=16, last_error=8)
+#: Error reply payload: error code (an :class:`Err`), request op, expected seq.
+ERROR_LAYOUT = Layout(code=8, op=8, expected=8)
 
 
 class Space(enum.IntEnum):
@@ -111,14 +184,14 @@ class Space(enum.IntEnum):
 
 
 #: WRITE_MEM payload header: space, first element address.
-WRITE_MEM_HEADER = struct.Struct("<BI")
+WRITE_MEM_HEADER = Layout(space=8, addr=32)
 #: LM_CONFIG payload: step_start, prog_end, logits address, vocab.
-LM_CONFIG_LAYOUT = struct.Struct("<HHHH")
+LM_CONFIG_LAYOUT = Layout(step_start=16, prog_end=16, logits=16, vocab=16)
 #: GENERATE payload header (the prompt tokens follow, at least one): max_tokens (>= 1), seed,
 #: inv_temperature (Q8.8, 0 greedy), top_k (0 all), stop (a token, or :data:`NO_STOP`).
-GENERATE_LAYOUT = struct.Struct("<HIHHH")
+GENERATE_LAYOUT = Layout(max_tokens=16, seed=32, inv_temperature=16, top_k=16, stop=16)
 #: GENERATE's end frame: tokens generated, :class:`Stop` reason.
-GENERATE_END_LAYOUT = struct.Struct("<HB")
+GENERATE_END_LAYOUT = Layout(count=16, reason=8)
 #: GENERATE ``stop`` value for no stop token (any value above 255 is none).
 NO_STOP = 0xFFFF
 
@@ -164,12 +237,29 @@ class ProtocolError(Exception):
     """A malformed frame seen by the host (not an error reply from the device)."""
 
 
-def crc16(data, crc=0xFFFF):
-    """CRC-16/CCITT-FALSE of ``data`` (``crc16(b"123456789") == 0x29B1``)."""
+#: The frame CRC: the name of its entry in Amaranth's CRC catalogue (``amaranth.lib.crc.catalog``),
+#: CRC-16/CCITT-FALSE: polynomial 0x1021, initial value 0xFFFF, no reflection, no final XOR.
+CRC_ALGORITHM = "CRC16_CCITT_FALSE"
+#: That entry's polynomial and initial value, for :func:`crc16` (which must run without Amaranth:
+#: the host imports none); ``tests/test_link_blocks.py`` checks them against the catalogue.
+CRC_POLYNOMIAL, CRC_INITIAL = 0x1021, 0xFFFF
+
+
+def crc_parameters():
+    """The frame CRC as Amaranth's :class:`amaranth.lib.crc.Parameters` for byte-wide data: its
+    ``create()`` is the gateware CRC unit (one byte per cycle), its ``compute(data)`` equals
+    :func:`crc16`. Imports Amaranth."""
+    from amaranth.lib.crc import catalog
+    return getattr(catalog, CRC_ALGORITHM)(data_width=8)
+
+
+def crc16(data, crc=CRC_INITIAL):
+    """The frame CRC (:data:`CRC_ALGORITHM`) of ``data``, continuing from ``crc`` (``crc16(b, crc16(a))
+    == crc16(a + b)``: the algorithm has no final XOR or reflection); ``crc16(b"123456789") == 0x29B1``."""
     for byte in data:
         crc ^= byte << 8
         for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) & 0xFFFF if crc & 0x8000 else (crc << 1) & 0xFFFF
+            crc = ((crc << 1) ^ CRC_POLYNOMIAL) & 0xFFFF if crc & 0x8000 else (crc << 1) & 0xFFFF
     return crc
 
 
@@ -179,8 +269,8 @@ def encode_frame(seq, op, payload=b""):
         raise ValueError(f"seq {seq} and op {op} must be bytes")
     if len(payload) > 0xFFFF:
         raise ValueError(f"payload of {len(payload)} bytes exceeds the 16-bit length field")
-    body = bytes([seq, op]) + struct.pack("<H", len(payload)) + payload
-    return bytes([SYNC]) + body + struct.pack("<H", crc16(body))
+    body = FRAME_HEADER.pack(seq, op, len(payload)) + payload
+    return bytes([SYNC]) + body + FRAME_CRC.pack(crc16(body))
 
 
 class FrameDecoder:
@@ -225,7 +315,7 @@ class FrameDecoder:
         del self.buf[:start]
         if len(self.buf) < HEADER_BYTES:
             return None
-        length = self.buf[3] | self.buf[4] << 8
+        _, _, length = FRAME_HEADER.unpack(self.buf[1:HEADER_BYTES])
         if length > self.max_payload:
             del self.buf[:1]
             return ProtocolError(f"frame length {length} exceeds {self.max_payload}")
@@ -233,8 +323,8 @@ class FrameDecoder:
         if len(self.buf) < total:
             return None
         frame = bytes(self.buf[:total])
-        want = frame[-2] | frame[-1] << 8
-        if crc16(frame[1:-2]) != want:
+        (want,) = FRAME_CRC.unpack(frame[-FRAME_CRC.size:])
+        if crc16(frame[1:-FRAME_CRC.size]) != want:
             del self.buf[:1]
             return ProtocolError(f"frame CRC {want:#06x} does not match its contents")
         del self.buf[:total]
@@ -268,7 +358,9 @@ def max_payload(params):
 #: slots, max_payload, clock_hz, memory, flags, max_rows, then the LM step's sizes (all 0 without
 #: it): vmem_depth - 1, cmem_depth - 1, prog_depth - 1, embed_depth, max_vocab (widths in
 #: ``docs/protocol.md``).
-IDENTIFY_LAYOUT = struct.Struct("<4sBBBBHHBBHIBBHHHHIH")
+IDENTIFY_LAYOUT = Layout(magic="4s", version=8, lanes=8, trits=8, packing=8, max_k=16, weight_depth=16,
+                         acc_bytes=8, slots=8, max_payload=16, clock_hz=32, memory=8, flags=8, max_rows=16,
+                         vmem_depth_m1=16, cmem_depth_m1=16, prog_depth_m1=16, embed_depth=32, max_vocab=16)
 _IDENT = IDENTIFY_LAYOUT
 #: IDENTIFY ``memory`` codes: the index in this tuple (:data:`tritium.hw.params.MEMORY_KINDS`).
 MEMORY_CODES = MEMORY_KINDS

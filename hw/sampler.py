@@ -147,8 +147,8 @@ assert sum(sign << shift for sign, shift in _LOG2E_TERMS) == golden.LOG2E_Q16
 def exp_weight_cycles(inv_temperature):
     """Cycles :class:`ExpWeight` takes for one weight, from the request's transfer to the
     result's (taken at once): one per bit of ``inv_temperature`` below its top one, then the
-    rounding, the table and the offer."""
-    return max(int(inv_temperature).bit_length() - 1, 0) + 3
+    rounding, the log2(e) product, the table, the shift and the offer."""
+    return max(int(inv_temperature).bit_length() - 1, 0) + 5
 
 
 class ExpWeight(wiring.Component):
@@ -168,7 +168,7 @@ class ExpWeight(wiring.Component):
         Taken when idle.
     res : Out(stream of a weight, :data:`WEIGHT_BITS` bits)
         One per request, transferred :func:`exp_weight_cycles` cycles after it at the earliest
-        (``bit_length(inv_temperature) + 2``: 11 at ``inv_temperature = 256``); the next request
+        (``bit_length(inv_temperature) + 4``: 13 at ``inv_temperature = 256``); the next request
         is taken once it has been.
     """
 
@@ -204,10 +204,11 @@ class ExpWeight(wiring.Component):
         prod = 0
         for sign, shift in _LOG2E_TERMS:
             prod = prod + (x << shift) if sign > 0 else prod - (x << shift)
+        t_reg = Signal(_T_BITS)
+        w = Signal(WEIGHT_BITS)
         m.d.comb += [t.eq((prod + (1 << 15)) >> 16),
-                     rd.addr.eq(t[8:16]), rd.en.eq(0),
-                     # a shift of 17 or more leaves 0, as exp_neg_fix does
-                     self.res.payload.eq(rd.data >> n)]
+                     rd.addr.eq(t_reg[8:16]), rd.en.eq(0),
+                     self.res.payload.eq(w)]
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.req.ready.eq(1)
@@ -224,10 +225,17 @@ class ExpWeight(wiring.Component):
                         m.d.sync += more.eq(0)
                 with m.Else():
                     m.d.sync += x.eq((p + 128) >> 8)
-                    m.next = "TABLE"
+                    m.next = "LOG2E"
+            with m.State("LOG2E"):      # each step registered: the sums, the table, the shift
+                m.d.sync += t_reg.eq(t)
+                m.next = "TABLE"
             with m.State("TABLE"):
                 m.d.comb += rd.en.eq(1)
-                m.d.sync += n.eq(t[16:])
+                m.d.sync += n.eq(t_reg[16:])
+                m.next = "SHIFT"
+            with m.State("SHIFT"):
+                # a shift of 17 or more leaves 0, as exp_neg_fix does
+                m.d.sync += w.eq(rd.data >> n)
                 m.next = "OFFER"
             with m.State("OFFER"):
                 m.d.comb += self.res.valid.eq(1)
@@ -284,9 +292,9 @@ class TokenSampler(wiring.Component):
     busy : Out(1)
         High from a start's transfer until its token's transfer.
 
-    Timing. With each word taken ``L`` cycles after its request (``L = 1`` from
-    :class:`~tritium.hw.vector.VectorUnit`) and the token taken at once, a choice takes, from
-    the start's transfer to the token's (``V = vocab``, ``W = bit_length(inv_temperature) + 2``
+    Timing. With each word taken ``L`` cycles after its request (``L = 2`` from
+    :class:`~tritium.hw.vector.VectorUnit`, whose word leaves a register) and the token taken at once, a choice takes, from
+    the start's transfer to the token's (``V = vocab``, ``W = bit_length(inv_temperature) + 4``
     the cycles of one weight; :func:`choice_model` gives it exactly)::
 
         greedy:    V (L + 1) + 2
@@ -302,9 +310,9 @@ class TokenSampler(wiring.Component):
     256``: one per bit of the zero-weight bound ``Z``, see the module's docstring), fewer when a
     count equals ``top_k`` (on distinct logits the search typically stops once a probe falls in
     the gap between the k-th and the next logit).
-    E.g. ``V = 256``, ``L = 1``, ``inv_temperature = 256`` (``W = 11``): greedy 514 cycles; no
-    top-k ``3,877 + 13 I``, at most 7,205; top-k 40 ``1,501 + 514 P + 2 I + 11 C_I``, at most
-    13,247. ``vocab = 0``: 1 cycle.
+    E.g. ``V = 256``, ``L = 2``, ``inv_temperature = 256`` (``W = 13``): greedy 770 cycles; no
+    top-k at most 8,997; top-k 40 at most 19,551 (21 count passes, reached only when more than
+    ``top_k`` logits tie at the max). ``vocab = 0``: 1 cycle.
     """
 
     def __init__(self, *, max_vocab, addr_bits):

@@ -2,6 +2,8 @@
 
 from amaranth.hdl import Cat, Module, Signal
 from amaranth.lib import stream, wiring
+from amaranth.lib.cdc import FFSynchronizer
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from .device import LinkDevice
@@ -17,6 +19,9 @@ def _check_divisor(obj, divisor):
 
 class UartRx(wiring.Component):
     """Receives 8N1 bytes on ``rx`` (idle high) at ``clock / divisor`` baud.
+
+    ``rx`` may come straight from a pin: it passes a two-stage :class:`FFSynchronizer` first
+    (two cycles of latency), then is sampled in the middle of each bit.
 
     Members
     -------
@@ -39,9 +44,8 @@ class UartRx(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         d = self._divisor
-        sync_rx = Signal(2, init=0b11)
-        m.d.sync += sync_rx.eq(Cat(self.rx, sync_rx[0]))
-        rx = sync_rx[1]
+        rx = Signal(init=1)
+        m.submodules.rx_sync = FFSynchronizer(self.rx, rx, init=1)
         timer = Signal(range(d * 3 // 2 + 1))
         bits = Signal(8)
         nbit = Signal(range(9))
@@ -122,9 +126,13 @@ class UartLink(wiring.Component):
     Members
     -------
     rx : In(1, init=1)
+        The receive pin (synchronised by :class:`UartRx`).
     tx : Out(1, init=1)
     busy, error : Out(1)
         For status LEDs.
+
+    Bytes that arrive while the device executes or answers a request wait in a 32-byte
+    :class:`SyncFIFOBuffered` between the receiver and the device (``docs/protocol.md``).
     """
 
     def __init__(self, *, params, clock_hz, baud, lm=None):
@@ -138,15 +146,13 @@ class UartLink(wiring.Component):
         super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1), "busy": Out(1), "error": Out(1)})
 
     def elaborate(self, platform):
-        from amaranth.lib.fifo import SyncFIFOBuffered
         m = Module()
         m.submodules.urx = urx = UartRx(divisor=self.divisor)
         m.submodules.utx = utx = UartTx(divisor=self.divisor)
         m.submodules.fifo = fifo = SyncFIFOBuffered(width=8, depth=32)  # bytes arriving during a reply
         m.submodules.device = dev = self.device
-        m.d.comb += [urx.rx.eq(self.rx), self.tx.eq(utx.tx), self.busy.eq(dev.busy), self.error.eq(dev.error),
-                     fifo.w_data.eq(urx.data.payload), fifo.w_en.eq(urx.data.valid),
-                     urx.data.ready.eq(fifo.w_rdy),
-                     dev.rx.payload.eq(fifo.r_data), dev.rx.valid.eq(fifo.r_rdy), fifo.r_en.eq(dev.rx.ready)]
+        wiring.connect(m, urx.data, fifo.w_stream)
+        wiring.connect(m, fifo.r_stream, dev.rx)
         wiring.connect(m, dev.tx, utx.data)
+        m.d.comb += [urx.rx.eq(self.rx), self.tx.eq(utx.tx), self.busy.eq(dev.busy), self.error.eq(dev.error)]
         return m

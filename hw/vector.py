@@ -344,11 +344,16 @@ class VectorUnit(wiring.Component):
 
         m.d.comb += [self.busy.eq(running | ~self.instr.ready)]
         # S1: the operands (read last cycle); the sigmoid table's address; fgate's lower bound
-        sig_idx = Signal(signed(33))
-        m.d.comb += sig_idx.eq((ra.data >> golden.SIGMOID_SHIFT) + golden.SIGMOID_ENTRIES // 2)
+        # clamp((a >> SHIFT) + ENTRIES/2, 0, ENTRIES-1) without an adder: the shifted value is in
+        # range exactly when the bits above it are all equal (its sign extension), and adding
+        # ENTRIES/2 then flips its top bit; outside, the sign picks the first or the last entry
+        ib = (golden.SIGMOID_ENTRIES - 1).bit_length()
+        top = ra.data[golden.SIGMOID_SHIFT + ib - 1:]
+        in_range = top.all() | ~top.any()
         m.d.comb += [rs.en.eq(advance),
-                     rs.addr.eq(Mux(sig_idx < 0, 0, Mux(sig_idx >= golden.SIGMOID_ENTRIES,
-                                                        golden.SIGMOID_ENTRIES - 1, sig_idx[:9])))]
+                     rs.addr.eq(Mux(in_range, Cat(ra.data[golden.SIGMOID_SHIFT:golden.SIGMOID_SHIFT + ib - 1],
+                                                  ~ra.data[golden.SIGMOID_SHIFT + ib - 1]),
+                                    Mux(ra.data[-1], 0, golden.SIGMOID_ENTRIES - 1)))]
         lb = Signal(signed(33))
         with m.If(advance):
             m.d.sync += [v[1].eq(v[0]), idx[1].eq(idx[0]), a2.eq(ra.data), b2.eq(rb.data), c2.eq(rc.data),

@@ -39,12 +39,12 @@ class BoardLink:
     baud: int
 
 
-#: The boards' clocks (their oscillators, as the amaranth-boards platforms declare them) and
-#: link bauds (as :data:`tritium.hw.boards.BOARDS` builds them); ``tests/test_cost.py`` checks
-#: both against the gateware side.
+#: The boards' system clocks (from their PLLs: the highest whole-MHz clock that met timing on
+#: nextpnr seeds 1-3, ``docs/perf/lm.md``; :data:`tritium.hw.boards.BOARDS` builds them) and link
+#: bauds; ``tests/test_cost.py`` checks both against the gateware side.
 BOARD_LINKS = {
-    "icebreaker": BoardLink("iCEBreaker", clock_hz=12_000_000, baud=1_000_000),
-    "ulx3s-85f": BoardLink("ULX3S 85F", clock_hz=25_000_000, baud=1_000_000),
+    "icebreaker": BoardLink("iCEBreaker", clock_hz=30_000_000, baud=1_000_000),
+    "ulx3s-85f": BoardLink("ULX3S 85F", clock_hz=45_000_000, baud=1_000_000),
 }
 
 

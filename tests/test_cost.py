@@ -95,12 +95,15 @@ def test_gateware_modules_re_export_the_same_functions():
 
 
 def test_board_facts_agree_with_the_gateware_boards():
-    from tritium.hw.boards import BOARDS, board_platform
-    # the same boards, the same baud the bitstream's UART is built for, the platform's clock
+    from tritium.hw.boards import BOARDS, ecp5_pll, ice40_pll
+    # the same boards, the same baud the bitstream's UART is built for, the PLL's system clock
+    # (one the board's PLL makes exactly, a whole multiple of the baud)
     assert set(cost.BOARD_LINKS) == set(BOARDS)
     for name, link in cost.BOARD_LINKS.items():
         assert link.baud == BOARDS[name][2]
-        assert link.clock_hz == board_platform(name).default_clk_frequency
+        assert link.clock_hz == BOARDS[name][4] and link.clock_hz % link.baud == 0
+    assert ice40_pll(12e6, cost.BOARD_LINKS["icebreaker"].clock_hz)
+    assert ecp5_pll(25e6, cost.BOARD_LINKS["ulx3s-85f"].clock_hz)
 
 
 def _plan(capsys, *argv):
@@ -127,10 +130,13 @@ def test_plan_generate_and_bench_print_the_same_board_model(capsys, tmp_path, mo
                 "--mode", "host"]) == 0
     run = json.loads(capsys.readouterr().out)["modeled_board"]
     assert run == plan
-    # and the numbers are the model's: at the 12 MHz clock and 1 Mbaud, from the model's own shapes
+    # and the numbers are the model's: at the board's clock (a built bitstream's, else the PLL's
+    # 30 MHz) and 1 Mbaud, from the model's own shapes
     from tritium.host.models import DEFAULT_MODEL, load_model
     shapes = [l.wq.shape for l in load_model(DEFAULT_MODEL).linears.values()]
-    direct = cost.token_cost(UP5K, shapes, clock_hz=12e6, baud=1_000_000)
+    assert cost.BOARD_LINKS["icebreaker"].clock_hz == 30_000_000
+    assert plan["clock_mhz"] == (12.0 if with_report else 30.0)
+    direct = cost.token_cost(UP5K, shapes, clock_hz=plan["clock_mhz"] * 1e6, baud=1_000_000)
     assert plan["tokens_per_s_at_clock"] == direct["tokens_per_s"]
     assert plan["device_cycles_per_token"] == direct["device_cycles_per_token"]
     assert (plan["fmax_mhz"] == 31.5) is with_report

@@ -206,7 +206,7 @@ class Wide(wiring.Component):
 def test_any_top_with_byte_streams_can_be_wrapped():
     # a different top, without the LinkDevice's status outputs: the harness still carries its bytes
     top = Echo()
-    assert device_ports(top) == {"busy": False, "in_frame": False}
+    assert device_ports(top) == {"busy": False, "in_frame": False, "activity": False}
     exe = build_fast_device_sim(top, name="echo")
     r = run_fast_device_batch(exe, b"Tritium\xff")
     assert r["replies"] == b"Usjujvn\x00"

@@ -382,18 +382,18 @@ def test_cycle_model_matches_simulation():
             expected.append(cycles)
         assert [c for _, _, c in results] == expected
     # the docstring's formulas, by hand: greedy V (L + 1) + 2; sampling without top-k over all
-    # candidates 2 V (L + 1) + W V + 34 + I (L + 1 + W) + 3, the pick at id I - 1, W = 11 at
+    # candidates 2 V (L + 1) + W V + 34 + I (L + 1 + W) + 3, the pick at id I - 1, W = 13 at
     # inv_temperature 256; with top-k, P more passes of V (L + 1) + 2
     z = np.zeros(7, np.int64)
     assert choice_model(z, SP(0, 0), 99, latency=3)[2] == 7 * 4 + 2
-    assert exp_weight_cycles(256) == 11 and exp_weight_cycles(65535) == 18 and exp_weight_cycles(1) == 3
+    assert exp_weight_cycles(256) == 13 and exp_weight_cycles(65535) == 20 and exp_weight_cycles(1) == 5
     token, _, cycles, _ = choice_model(z, SP(256, 0), 99, latency=1)
-    assert cycles == 2 * 7 * 2 + 11 * 7 + 34 + (token + 1) * (2 + 11) + 3
+    assert cycles == 2 * 7 * 2 + 13 * 7 + 34 + (token + 1) * (2 + 13) + 3
     z = np.arange(7) * 65536
     token, _, cycles, passes = choice_model(z, SP(256, 3), 99, latency=1)
     # (the candidates are ids 4..6: the pick at id `token` had token - 3 of them up to it)
     assert passes > 0
-    assert cycles == 2 * 7 * 2 + passes * (7 * 2 + 2) + 11 * 3 + 34 + (token + 1) * 2 + 11 * (token - 3) + 3
+    assert cycles == 2 * 7 * 2 + passes * (7 * 2 + 2) + 13 * 3 + 34 + (token + 1) * 2 + 13 * (token - 3) + 3
 
 
 def test_sampler_reads_through_the_vector_unit():

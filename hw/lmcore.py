@@ -237,8 +237,10 @@ class LMCore(wiring.Component):
         for i in range(1, lanes):
             with m.If(tile_i == i):
                 m.d.comb += tile_value.eq(values[i])
-        emb_i = Signal(range(1 << len(n)))
-        emb_ready = Signal()           # the embedding value at emb_i has been read
+        emb_i = Signal(range(1 << len(n)))     # the next element to read
+        emb_pend = Signal()            # a read was issued last cycle: its byte is on the port
+        emb_full = Signal()            # `emb_val` holds the next value for `ext`
+        emb_val = Signal(signed(24))
         ext_from_tiles = Signal()
         ext_from_embed = Signal()
         with m.If(ext_from_tiles):
@@ -248,13 +250,22 @@ class LMCore(wiring.Component):
                 with m.If(tile_i == self.res.payload.count - 1):
                     m.d.comb += self.res.ready.eq(1)
                     m.d.sync += tile_i.eq(0)
+        # the embedding reader: read, then the product into a register, then `ext` (one value a
+        # cycle while `ext` takes them; a byte waits on the read port while the register is full)
+        emb_capture, emb_issue = Signal(), Signal()
         with m.If(ext_from_embed):
-            m.d.comb += [emb_rd.addr.eq(row_base + emb_i), emb_rd.en.eq(~emb_ready),
-                         vu.ext.valid.eq(emb_ready), vu.ext.payload.eq(emb_rd.data * scl_rd.data)]
-            with m.If(~emb_ready):
-                m.d.sync += emb_ready.eq(1)
-            with m.Elif(vu.ext.ready):
-                m.d.sync += [emb_ready.eq(0), emb_i.eq(emb_i + 1)]
+            m.d.comb += [emb_capture.eq(emb_pend & (~emb_full | vu.ext.ready)),
+                         emb_issue.eq(~(emb_pend & ~emb_capture) & (emb_i < n)),
+                         emb_rd.addr.eq(row_base + emb_i), emb_rd.en.eq(emb_issue),
+                         vu.ext.valid.eq(emb_full), vu.ext.payload.eq(emb_val)]
+            with m.If(emb_capture):
+                m.d.sync += [emb_val.eq(emb_rd.data * scl_rd.data), emb_full.eq(1)]
+            with m.Elif(emb_full & vu.ext.ready):
+                m.d.sync += emb_full.eq(0)
+            with m.If(emb_issue):
+                m.d.sync += [emb_i.eq(emb_i + 1), emb_pend.eq(1)]
+            with m.Elif(emb_capture):
+                m.d.sync += emb_pend.eq(0)
         m.d.comb += scl_rd.addr.eq(token)
 
         # -- the sequencer ------------------------------------------------------------------------
@@ -310,7 +321,7 @@ class LMCore(wiring.Component):
                 with m.Elif(is_q):
                     m.next = "ENGINE"
                 with m.Else():
-                    m.d.sync += [emb_i.eq(0), emb_ready.eq(0), pending_q.eq(0)]
+                    m.d.sync += [emb_i.eq(0), emb_pend.eq(0), emb_full.eq(0), pending_q.eq(0)]
                     m.next = "ISSUE"
             with m.State("ENGINE"):        # quant: the engine takes its product's command first
                 m.d.comb += [self.cmd.valid.eq(1), self.cmd.payload.base.eq(self.slot.base),

@@ -11,7 +11,7 @@ frames; the checks it makes on each instruction are the golden device's
 (:class:`tritium.sim.device_model.DeviceModel`, ``docs/protocol.md``).
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 

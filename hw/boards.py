@@ -31,10 +31,11 @@ __all__ = ["BOARDS", "BoardTop", "board_platform", "board_build_dir", "bitstream
 #: ULX3S 85F: 25 MHz oscillator, FT231X; a 32-lane engine (128 MAC/cycle) with its weights in 64
 #: DP16KD (4096 x 256 bits, 512K trits), and the whole LM step on the chip.
 #: The system clocks come from each board's PLL: the highest whole-MHz frequency (the UART divides
-#: it to 1 Mbaud exactly) that met timing on nextpnr seeds 1, 2 and 3 (docs/perf/boards.md).
+#: it to 1 Mbaud exactly) that met timing on nextpnr seeds 1, 2 and 3 (docs/perf/lm.md); the clocks
+#: and bauds are the cost model's (:data:`tritium.sim.cost.BOARD_LINKS`).
 BOARDS = {
-    "icebreaker": ("amaranth_boards.icebreaker:ICEBreakerPlatform", CONFIGS["up5k-spram"], BOARD_LINKS["icebreaker"].baud,
-                   None, BOARD_LINKS["icebreaker"].clock_hz),
+    "icebreaker": ("amaranth_boards.icebreaker:ICEBreakerPlatform", CONFIGS["up5k-spram"],
+                   BOARD_LINKS["icebreaker"].baud, None, BOARD_LINKS["icebreaker"].clock_hz),
     "ulx3s-85f": ("amaranth_boards.ulx3s:ULX3S_85F_Platform", CONFIGS["ulx3s"], BOARD_LINKS["ulx3s-85f"].baud,
                   LM_DEFAULT, BOARD_LINKS["ulx3s-85f"].clock_hz),
 }
@@ -63,7 +64,8 @@ def ice40_pll(f_in, f_out):
 def ecp5_pll(f_in, f_out):
     """``EHXPLLL`` dividers for ``f_out`` from ``f_in`` (Hz), exactly: ``{CLKI_DIV, CLKFB_DIV,
     CLKOP_DIV}`` with ``f_out = f_in * CLKFB_DIV / CLKI_DIV`` (feedback from CLKOP) and the VCO
-    ``f_out * CLKOP_DIV`` at 400..800 MHz, the phase detector at 3.125 MHz or more (ECP5 sysCLOCK guide). Raises ``ValueError`` otherwise."""
+    ``f_out * CLKOP_DIV`` at 400..800 MHz, the phase detector at 3.125 MHz or more (ECP5 sysCLOCK
+    guide). Raises ``ValueError`` otherwise."""
     for clki in range(1, 129):
         for clkfb in range(1, 81):
             if f_in * clkfb != f_out * clki or f_in / clki < 3.125e6:

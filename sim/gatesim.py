@@ -46,6 +46,7 @@ _HERE = pathlib.Path(__file__).resolve().parent
 HARNESS = _HERE / "harness" / "gatesim.cpp"
 DP16KD_MODEL = _HERE.parent / "hw" / "cells" / "dp16kd.v"
 SGSR_MODEL = _HERE.parent / "hw" / "cells" / "sgsr.v"
+MULT18X18D_MODEL = _HERE.parent / "hw" / "cells" / "mult18x18d.v"
 
 # Yosys's SB_IO model detects an unconnected CLOCK_ENABLE with `=== 1'bz`, which Verilator cannot
 # simulate; every SB_IO Yosys writes has CLOCK_ENABLE connected (checked in :func:`build`), so the
@@ -167,7 +168,7 @@ def cell_sources(family, folder):
         inc.mkdir(exist_ok=True)
         for f in (share / "ecp5").glob("*.vh"):
             _write_if_changed(inc / f.name, common if f.name == "common_sim.vh" else f.read_text())
-        return [path, DP16KD_MODEL, SGSR_MODEL], [inc], []
+        return [path, DP16KD_MODEL, SGSR_MODEL, MULT18X18D_MODEL], [inc], []
     raise GateSimError(f"no cell models for family {family!r}")
 
 
@@ -236,6 +237,9 @@ def build(board, *, log=print):
             if any(d != "INPUT" and ".T(" not in body for d, body in io):
                 raise GateSimError("a TRELLIS_IO output in the netlist leaves T unconnected: the TRELLIS_IO patch "
                                    "would change its behaviour")
+            if re.search(r"^\s*MULT18X18D #\(", gate.read_text(), re.M):
+                raise GateSimError("a MULT18X18D in the netlist sets parameters (registers or modes): "
+                                   "hw/cells/mult18x18d.v models only the combinational multiplier")
         _write_if_changed(folder / "gatesim_tb.v", _wrapper(clk, rx, tx, others))
         # synth_ecp5 declares the top's pins input / output while the pad cells (TRELLIS_IO) keep
         # them inout, which Verilator refuses: the simulated copy declares every pin inout, as

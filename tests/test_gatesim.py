@@ -236,3 +236,24 @@ def test_a_short_generation_equals_golden(acc):
         expected = generate(model.bind(MatrixRunner(Accelerator(gt))), list(b"The "), max_tokens=3, seed=0,
                             temperature=0.8)
     assert len(ids) == 3 and ids == expected
+
+
+@pytest.mark.slow
+def test_ulx3s_netlist_runs_the_whole_token_loop():
+    # the ULX3S's netlist with the on-chip LM step, reached only through its UART pins: a small
+    # MatMul-free model loaded (matrices, program, constants, embedding), then a sampled GENERATE
+    # whose every token the device chooses itself: the golden device's tokens
+    from test_lmcore import small_image
+    from tritium.host.accelerator import Accelerator
+    from tritium.host.lmdevice import generate_on_device, load_image
+    from tritium.host.transport import GoldenTransport
+    image, run = small_image(), dict(max_tokens=3, temperature=0.8, top_k=10, seed=3)
+    with gatesim.GateTransport("ulx3s-85f", log=lambda *_: None) as link:
+        acc = Accelerator(link, timeout=600)
+        assert acc.lm is not None
+        load_image(acc, image)
+        got = generate_on_device(acc, [5, 17, 40], **run)
+    with GoldenTransport(acc.params, clock_hz=acc.info["clock_hz"], lm=acc.lm) as gt:
+        gold = Accelerator(gt)
+        load_image(gold, image)
+        assert got == generate_on_device(gold, [5, 17, 40], **run)

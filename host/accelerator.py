@@ -122,7 +122,14 @@ class Accelerator:
         corrupt); ``idempotent`` overrides membership of :data:`P.IDEMPOTENT`."""
         if idempotent is None:
             idempotent = op in P.IDEMPOTENT
-        name = _op_name(op)
+        return self._retrying(_op_name(op), lambda: self._exchange(op, payload, reply_len), idempotent=idempotent,
+                              unknown="whether the device executed it is unknown")
+
+    def _retrying(self, name, once, *, idempotent, unknown):
+        """``once()`` (one attempt at a request named ``name``), again after a resynchronisation
+        while attempts are left and the failure allows it: always for an ``idempotent`` request,
+        else only when the device's error proves the request was not executed; otherwise a
+        :class:`LinkError` says why not (``unknown``: what a lost reply leaves unknown)."""
         failures = []
         for attempt in range(self.retries + 1):
             if attempt:
@@ -133,12 +140,12 @@ class Accelerator:
                     failures.append(e)
                     continue
             try:
-                return self._exchange(op, payload, reply_len)
+                return once()
             except _Lost as e:
                 failures.append(e)
                 if not idempotent and not e.not_executed:
                     raise LinkError(f"{name} (seq {e.seq}): {e}; not retried because {name} is not "
-                                    f"idempotent, so whether the device executed it is unknown") from None
+                                    f"idempotent, so {unknown}") from None
         if all(f.timeout for f in failures):
             raise LinkTimeout(f"no reply from the device within {self.timeout} s "
                               f"({len(failures)} attempts)")
@@ -370,23 +377,8 @@ class Accelerator:
         self._need_lm("GENERATE")
         payload = bytes(payload)
         timeout = self.timeout if timeout_per_token is None else timeout_per_token
-        failures = []
-        for attempt in range(self.retries + 1):
-            if attempt:
-                self.stats["retries"] += 1
-                try:
-                    self._resync()
-                except _Lost as e:
-                    failures.append(e)
-                    continue
-            try:
-                return self._generate_once(payload, on_token, timeout)
-            except _Lost as e:
-                if not e.not_executed:
-                    raise LinkError(f"GENERATE (seq {e.seq}): {e}; not retried because GENERATE is not "
-                                    "idempotent, so whether the device went on generating is unknown") from None
-                failures.append(e)
-        raise LinkError(f"GENERATE failed after {len(failures)} attempts; last: {failures[-1]}")
+        return self._retrying("GENERATE", lambda: self._generate_once(payload, on_token, timeout), idempotent=False,
+                              unknown="whether the device went on generating is unknown")
 
     def _generate_once(self, payload, on_token, timeout):
         seq = self._seq

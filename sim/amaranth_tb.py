@@ -11,7 +11,7 @@ from amaranth.sim import Simulator
 
 from . import golden
 
-__all__ = ["stream_put", "stream_get", "Stalls", "run_engine_products"]
+__all__ = ["stream_put", "stream_get", "Stalls", "run_requests", "run_engine_products"]
 
 
 class Stalls:
@@ -47,6 +47,25 @@ async def stream_get(ctx, stream, stalls=None):
     payload, = await ctx.tick().sample(value).until(stream.valid)
     ctx.set(stream.ready, 0)
     return payload
+
+
+def run_requests(dut, requests, *, seed, stall_prob=0.3):
+    """Each of ``requests`` into ``dut.req`` and its answer out of ``dut.res``, one at a time,
+    both streams with random stalls; returns the answers (a request/response block: a divider,
+    a root, a multiplier)."""
+    stalls = Stalls(np.random.default_rng(seed), stall_prob)
+    out = []
+
+    async def bench(ctx):
+        for req in requests:
+            await stream_put(ctx, dut.req, req, stalls)
+            out.append(await stream_get(ctx, dut.res, stalls))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    return out
 
 
 def run_engine_products(engine, jobs, *, seed, stall_prob=0.3, vcd=None):

@@ -11,7 +11,7 @@ from tritium.hw.sampler import (PRODUCT_CLAMP, ExpWeight, SerialMultiplier, Toke
                                 exp_weight_cycles)
 from tritium.sim import golden as G
 from tritium.sim import lmstep
-from tritium.sim.amaranth_tb import Stalls, stream_get, stream_put
+from tritium.sim.amaranth_tb import Stalls, run_requests, stream_put
 from tritium.sim.lmstep import SamplingParams as SP
 
 TEMPERATURES = (1, 255, 256, 4096, 65535)
@@ -124,23 +124,6 @@ def test_choice_model_equals_the_spec():
 
 # -- RTL: the parts -----------------------------------------------------------------------------
 
-def _serve(dut, requests, *, seed):
-    rng = np.random.default_rng(seed)
-    stalls = Stalls(rng, 0.3)
-    out = []
-
-    async def bench(ctx):
-        for req in requests:
-            await stream_put(ctx, dut.req, req, stalls)
-            out.append(await stream_get(ctx, dut.res, stalls))
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(bench)
-    sim.run()
-    return out
-
-
 @pytest.mark.parametrize("aw,bw", [(29, 16), (25, 32), (1, 1)])
 def test_serial_multiplier_is_the_product(aw, bw):
     rng = np.random.default_rng(aw * bw)
@@ -148,7 +131,7 @@ def test_serial_multiplier_is_the_product(aw, bw):
     pairs += [(int(rng.integers(0, 1 << aw)), int(rng.integers(0, 1 << bw))) for _ in range(40)]
     dut = SerialMultiplier(a_width=aw, b_width=bw)
     layout = dut.req.payload.shape()
-    got = _serve(dut, [layout.const({"a": a, "b": b}).as_bits() for a, b in pairs], seed=aw)
+    got = run_requests(dut, [layout.const({"a": a, "b": b}).as_bits() for a, b in pairs], seed=aw)
     assert got == [a * b for a, b in pairs]
 
 
@@ -172,7 +155,7 @@ def test_exp_weight_rtl_matches_the_spec_at_the_edges():
     cases += [(0, 0), (2**32 - 1, 0)]     # inv_temperature 0: exp(0) whatever d
     dut = ExpWeight()
     layout = dut.req.payload.shape()
-    got = _serve(dut, [layout.const({"d": d, "inv_temperature": inv}).as_bits() for d, inv in cases], seed=3)
+    got = run_requests(dut, [layout.const({"d": d, "inv_temperature": inv}).as_bits() for d, inv in cases], seed=3)
     assert got == [int(_spec_weight(d, inv)) for d, inv in cases]
     assert len(set(got)) > 20 and 0 in got and 65536 in got    # the edges reach both ends
 

@@ -8,27 +8,9 @@ import pytest
 from tritium.hw.vector import SerialDivider, SerialSqrt, VectorUnit, encode, instruction_layout
 from tritium.sim import golden as G
 from tritium.sim import lmstep
-from tritium.sim.amaranth_tb import Stalls, stream_get, stream_put
+from tritium.sim.amaranth_tb import run_requests
 from tritium.sim.lmstep import Op
 from tritium.sim.vector_tb import run_vector_program
-
-
-def _serial(dut, requests, *, seed):
-    rng = np.random.default_rng(seed)
-    stalls = Stalls(rng, 0.3)
-    out = []
-
-    async def bench(ctx):
-        for req in requests:
-            await stream_put(ctx, dut.req, req, stalls)
-            out.append(await stream_get(ctx, dut.res, stalls))
-
-    from amaranth.sim import Simulator
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(bench)
-    sim.run()
-    return out
 
 
 def test_serial_divider_is_floor_division():
@@ -37,7 +19,7 @@ def test_serial_divider_is_floor_division():
     pairs += [(int(rng.integers(0, 2**39)), int(rng.integers(1, 2**16))) for _ in range(60)]
     dut = SerialDivider(num_width=39, den_width=16)
     layout = dut.req.payload.shape()
-    got = _serial(dut, [layout.const({"num": n, "den": d}).as_bits() for n, d in pairs], seed=1)
+    got = run_requests(dut, [layout.const({"num": n, "den": d}).as_bits() for n, d in pairs], seed=1)
     # every quotient equals Python's floor division
     assert got == [n // d for n, d in pairs]
 
@@ -46,7 +28,7 @@ def test_serial_sqrt_is_the_integer_root():
     rng = np.random.default_rng(6)
     xs = [0, 1, 2, 3, 4, 2**62 - 1, 2**61, (2**31 - 1) ** 2, (2**31 - 1) ** 2 - 1]
     xs += [int(v) for v in rng.integers(0, 2**62, 60)] + [int(v) ** 2 + d for v in rng.integers(0, 2**31, 10) for d in (-1, 0, 1) if int(v) ** 2 + d >= 0]
-    got = _serial(SerialSqrt(width=62), xs, seed=2)
+    got = run_requests(SerialSqrt(width=62), xs, seed=2)
     assert got == [math.isqrt(x) for x in xs]
 
 

@@ -151,14 +151,34 @@ class Accelerator:
                               f"({len(failures)} attempts)")
         raise LinkError(f"{name} failed after {len(failures)} attempts; last: {failures[-1]}")
 
-    def _exchange(self, op, payload, reply_len):
-        # one attempt: send with the next seq, wait for the frame that answers it
-        name = _op_name(op)
+    def _send(self, op, payload):
+        """Send one request frame with the next seq; returns that seq."""
         seq = self._seq
         self._seq = (seq + 1) & 0xFF
         frame = P.encode_frame(seq, op, payload)
         self.transport.write(frame)
         self.link_bytes += len(frame)
+        return seq
+
+    def _refused_as_damaged(self, seq, op, payload, code, expected):
+        """Raise :class:`_Lost` (not executed) when the error reply ``code`` to request ``seq``
+        says the frame was refused as damaged (taking up the device's expected seq after
+        BAD_SEQ); return otherwise."""
+        # BAD_LENGTH without the seq used up (or to an empty request, always the right
+        # length) is an oversize length field: a header damaged on the way
+        damaged = code in (P.Err.BAD_CRC, P.Err.TIMEOUT, P.Err.BAD_SEQ) or (
+            code == P.Err.BAD_LENGTH and (expected != (seq + 1) & 0xFF or
+                                          (not payload and op in _EMPTY_REQUESTS)))
+        if damaged:
+            if code == P.Err.BAD_SEQ:
+                self._seq = expected
+            raise _Lost(f"the device refused seq {seq} as damaged ({P.Err(code).name})", seq,
+                        not_executed=True)
+
+    def _exchange(self, op, payload, reply_len):
+        # one attempt: send with the next seq, wait for the frame that answers it
+        name = _op_name(op)
+        seq = self._send(op, payload)
         deadline = time.monotonic() + self.timeout
         while True:
             rseq, rop, body = self._next_frame(deadline, name, seq)
@@ -168,16 +188,7 @@ class Accelerator:
             if rop == P.ERROR and len(body) == P.ERROR_LAYOUT.size:
                 code, _, expected = P.ERROR_LAYOUT.unpack(body)
                 self.link_bytes += P.HEADER_BYTES + 2 + len(body)
-                # BAD_LENGTH without the seq used up (or to an empty request, always the right
-                # length) is an oversize length field: a header damaged on the way
-                damaged = code in (P.Err.BAD_CRC, P.Err.TIMEOUT, P.Err.BAD_SEQ) or (
-                    code == P.Err.BAD_LENGTH and (expected != (seq + 1) & 0xFF or
-                                                  (not payload and op in _EMPTY_REQUESTS)))
-                if damaged:
-                    if code == P.Err.BAD_SEQ:
-                        self._seq = expected
-                    raise _Lost(f"the device refused seq {seq} as damaged ({P.Err(code).name})", seq,
-                                not_executed=True)
+                self._refused_as_damaged(seq, op, payload, code, expected)
                 raise DeviceError(op, code, expected)
             if rop != op | P.REPLY or (reply_len is not None and len(body) != reply_len):
                 # a frame with this seq that is not an answer to this request: corrupt or stale
@@ -381,11 +392,7 @@ class Accelerator:
                               unknown="whether the device went on generating is unknown")
 
     def _generate_once(self, payload, on_token, timeout):
-        seq = self._seq
-        self._seq = (seq + 1) & 0xFF
-        frame = P.encode_frame(seq, P.Op.GENERATE, payload)
-        self.transport.write(frame)
-        self.link_bytes += len(frame)
+        seq = self._send(P.Op.GENERATE, payload)
         prompt = max(0, len(payload) - P.GENERATE_LAYOUT.size)
         deadline = time.monotonic() + timeout * (prompt + 1)
         tokens = []
@@ -400,13 +407,8 @@ class Accelerator:
             if rop == P.ERROR and len(body) == P.ERROR_LAYOUT.size:
                 code, _, expected = P.ERROR_LAYOUT.unpack(body)
                 self.link_bytes += P.HEADER_BYTES + 2 + len(body)
-                damaged = code in (P.Err.BAD_CRC, P.Err.TIMEOUT, P.Err.BAD_SEQ) or (
-                    code == P.Err.BAD_LENGTH and expected != (seq + 1) & 0xFF)
-                if damaged and not tokens:
-                    if code == P.Err.BAD_SEQ:
-                        self._seq = expected
-                    raise _Lost(f"the device refused seq {seq} as damaged ({P.Err(code).name})", seq,
-                                not_executed=True)
+                if not tokens:   # (once tokens have come, the request was executed)
+                    self._refused_as_damaged(seq, P.Op.GENERATE, payload, code, expected)
                 error = DeviceError(P.Op.GENERATE, code, expected)
                 error.tokens = tokens
                 raise error

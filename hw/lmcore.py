@@ -51,9 +51,10 @@ def out_layout():
 OUT_TOKEN, OUT_END, OUT_FAULT = 0, 1, 2
 
 _ELEMENTWISE = [VOp[c.upper()] for c in lmstep.ELEMENTWISE]
-_USES_A = [VOp.MULC, VOp.MUL, VOp.ADD, VOp.SIGMOID, VOp.SILU, VOp.RSUB, VOp.FGATE, VOp.QUANT, VOp.RESCALE]
-_USES_B = [VOp.MUL, VOp.ADD]
-_USES_C = [VOp.MULC, VOp.FGATE]
+_USES_A = [VOp.MULC, VOp.MUL, VOp.ADD, VOp.SIGMOID, VOp.SILU, VOp.RSUB, VOp.FGATE, VOp.QUANT, VOp.RESCALE,
+           VOp.SFGATE, VOp.MULR]
+_USES_B = [VOp.MUL, VOp.ADD, VOp.MULR]
+_USES_C = [VOp.MULC, VOp.FGATE, VOp.SFGATE]
 
 
 def _one_of(value, ops):
@@ -119,7 +120,7 @@ class LMCore(wiring.Component):
         if not isinstance(lm, LMParams):
             raise rejected(self, TypeError(f"lm must be an LMParams, not {lm!r}"))
         self._params, self._lm = params, lm
-        self.vector = VectorUnit(vmem_depth=lm.vmem_depth, cmem_depth=lm.cmem_depth)
+        self.vector = VectorUnit(vmem_depth=lm.vmem_depth, cmem_depth=lm.cmem_depth, lanes=lm.vector_lanes)
         self.sampler = TokenSampler(max_vocab=lm.max_vocab, addr_bits=lm.addr_bits)
         lay = EngineLayouts(params)
         ebits = max(1, (lm.embed_depth - 1).bit_length())

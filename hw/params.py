@@ -228,14 +228,19 @@ class LMParams:
     max_vocab : int
         Most tokens a model may have (2 .. 256: tokens travel as bytes); also the depth of the
         embedding's per-row scale memory.
+    vector_lanes : int
+        Elements per cycle of the vector unit's aligned elementwise instructions (1 or 2;
+        :class:`tritium.hw.vector.VectorUnit`). Speed only: the results do not depend on it.
     """
     vmem_depth: int = 2048
     cmem_depth: int = 8192
     prog_depth: int = 256
     embed_depth: int = 32768
     max_vocab: int = 256
+    vector_lanes: int = 1
 
-    def __init__(self, *, vmem_depth=2048, cmem_depth=8192, prog_depth=256, embed_depth=32768, max_vocab=256):
+    def __init__(self, *, vmem_depth=2048, cmem_depth=8192, prog_depth=256, embed_depth=32768, max_vocab=256,
+                 vector_lanes=1):
         for name, value, top in (("vmem_depth", vmem_depth, 1 << 16), ("cmem_depth", cmem_depth, 1 << 16),
                                  ("prog_depth", prog_depth, 1 << 16), ("embed_depth", embed_depth, 1 << 24),
                                  ("max_vocab", max_vocab, 256)):
@@ -243,6 +248,9 @@ class LMParams:
             object.__setattr__(self, name, value)
         if max_vocab < 2:
             raise TritiumValueError(f"max_vocab = {max_vocab} must be at least 2")
+        if vector_lanes not in (1, 2) or isinstance(vector_lanes, bool):
+            raise TritiumValueError(f"vector_lanes = {vector_lanes!r} must be 1 or 2")
+        object.__setattr__(self, "vector_lanes", vector_lanes)
 
     @property
     def addr_bits(self):
@@ -263,5 +271,5 @@ class LMParams:
 
 
 #: The on-chip LM step sized for the shipped MatMul-free model (1,408 vector words, 4,608 constant
-#: bytes, 150 instructions, a 256 x 128 embedding) with room to spare.
-LM_DEFAULT = LMParams()
+#: bytes, 105 instructions, a 256 x 128 embedding) with room to spare; a two-lane vector unit.
+LM_DEFAULT = LMParams(vector_lanes=2)

@@ -34,8 +34,12 @@ class VOp(enum.Enum, shape=4):
     MATVEC = 9
     GAIN = 10
     RESCALE = 11
+    SFGATE = 12
+    MULR = 13
 
 
+#: The vector unit's widths: elements per cycle of an aligned elementwise instruction.
+LANES = (1, 2)
 #: Width of an instruction's element count (up to :data:`golden.MAX_VECTOR`).
 COUNT_BITS = golden.MAX_VECTOR.bit_length()
 
@@ -257,9 +261,12 @@ class VectorUnit(wiring.Component):
         elementwise instruction streams one element per cycle (``n + 9`` cycles with no stall: a 6-stage
         pipeline and two cycles of reduction);
         ``quant`` first normalises ``M`` and divides (about 40 cycles), ``gain`` normalises,
-        takes a 62-bit root and divides (about 110 cycles).
+        takes a 62-bit root and divides (about 110 cycles); a ``quant`` with ``imm != 0`` does
+        its ``gain`` after the activations have left (while the engine works on them).
     ext : In(stream of signed(32))
-        The ``n`` values an ``embed`` or ``matvec`` instruction writes to ``dst``, in order.
+        The ``n`` values an ``embed`` or ``matvec`` instruction writes to ``dst``, in order, one
+        per cycle; a rescaling ``matvec`` (``imm != 0``) takes them through the pipeline (one per
+        cycle, written 6 cycles later).
     xq : Out(stream of signed(8))
         The ``n`` activations of a ``quant`` instruction, in order; the unit stalls while
         ``xq`` is not ready.
@@ -273,11 +280,13 @@ class VectorUnit(wiring.Component):
         High from an instruction's acceptance until it has finished.
     """
 
-    def __init__(self, *, vmem_depth, cmem_depth):
+    def __init__(self, *, vmem_depth, cmem_depth, lanes=1):
         for name, value in (("vmem_depth", vmem_depth), ("cmem_depth", cmem_depth)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise rejected(self, TritiumValueError(f"{name} = {value!r} must be a positive integer"))
-        self.vmem_depth, self.cmem_depth = vmem_depth, cmem_depth
+        if lanes not in LANES or isinstance(lanes, bool):
+            raise rejected(self, TritiumValueError(f"lanes = {lanes!r} must be one of {LANES}"))
+        self.vmem_depth, self.cmem_depth, self.lanes = vmem_depth, cmem_depth, lanes
         self.addr_bits = max(1, (vmem_depth - 1).bit_length())
         self.caddr_bits = max(1, (cmem_depth - 1).bit_length())
         self.layout = instruction_layout(addr_bits=self.addr_bits, caddr_bits=self.caddr_bits)
@@ -290,8 +299,9 @@ class VectorUnit(wiring.Component):
             "word": Out(stream.Signature(signed(32))),
             "busy": Out(1),
         })
-        self.vmem = memory.Memory(shape=signed(32), depth=vmem_depth, init=[])
-        self.cmem = memory.Memory(shape=signed(8), depth=cmem_depth, init=[])
+        # L elements a word (element e: word e // L, lane e % L)
+        self.vmem = memory.Memory(shape=unsigned(32 * lanes), depth=-(-vmem_depth // lanes), init=[])
+        self.cmem = memory.Memory(shape=unsigned(8 * lanes), depth=-(-cmem_depth // lanes), init=[])
         self.sigmoid = memory.Memory(shape=unsigned(17), depth=golden.SIGMOID_ENTRIES,
                                      init=[int(v) for v in golden.sigmoid_table()])
 
@@ -300,12 +310,26 @@ class VectorUnit(wiring.Component):
         m.submodules.vmem, m.submodules.cmem, m.submodules.sigmoid = self.vmem, self.cmem, self.sigmoid
         m.submodules.div = div = SerialDivider(num_width=39, den_width=16)
         m.submodules.sqrt = sqrt = SerialSqrt(width=62)
+        L = self.lanes
+        lane_bits = (L - 1).bit_length()
         ra = self.vmem.read_port(transparent_for=())
         rb = self.vmem.read_port(transparent_for=())
-        wr = self.vmem.write_port()
+        wr = self.vmem.write_port(granularity=32)
         rc = self.cmem.read_port(transparent_for=())
-        cw = self.cmem.write_port()
-        rs = self.sigmoid.read_port(transparent_for=())
+        cw = self.cmem.write_port(granularity=8)
+        rs = [self.sigmoid.read_port(transparent_for=()) for _ in range(L)]
+
+        def word_of(addr):              # the memory word holding element `addr`, and its lane
+            return addr >> lane_bits
+
+        def lane_of(addr):
+            return addr[:lane_bits] if L > 1 else Const(0, 1)
+
+        def one_hot(lane):              # the write enable of one lane
+            return (Const(1, L) << lane)[:L] if L > 1 else Const(1, 1)
+
+        def lane_value(word, lane, width):
+            return word.word_select(lane, width) if L > 1 else word
 
         cur = Signal(self.layout)
         reg_m = Signal(33)                  # M: a max of |int32| (<= 2**31)
@@ -322,141 +346,217 @@ class VectorUnit(wiring.Component):
         issue = Signal(COUNT_BITS + 1)
         wcount = Signal(COUNT_BITS + 1)
         advance = Signal()
+        wide = Signal()                     # this instruction streams L elements per issue
 
         # -- pipeline: issue -> S1 (operands) -> S2 (select) -> S3 (product) -> S4 (round: add)
         #    -> S5 (round: shift, saturate) -> S6 (addend, saturate, write); then the reductions
         #    fold in two more cycles. Every stage moves together (`advance`): only `xq` stalls it.
-        v = [Signal(name=f"v{k}") for k in range(1, 7)]                  # v[0] is S1 ... v[5] is S6
+        #    Lane k of a wide issue is element idx + k; otherwise lane 0 alone carries element idx,
+        #    its operands picked out of their words by their own lanes (sel).
+        v = [Signal(L, name=f"v{k}") for k in range(1, 7)]               # v[0] is S1 ... v[5] is S6
         idx = [Signal(COUNT_BITS, name=f"i{k}") for k in range(1, 7)]
-        a2, b2, c2 = Signal(signed(32)), Signal(signed(32)), Signal(signed(8))
-        x3, y3 = Signal(signed(32)), Signal(signed(32))
-        direct3, use3 = Signal(signed(34)), Signal()
-        p4 = Signal(signed(66))
-        t5, s5, pos5, left5 = Signal(signed(67)), Signal(6), Signal(), Signal(signed(33))
-        r6 = Signal(signed(32))
+        sel_a, sel_b, sel_c = (Signal(max(1, lane_bits), name=f"sel_{x}") for x in "abc")
+        a2 = [Signal(signed(32), name=f"a2_{k}") for k in range(L)]
+        b2 = [Signal(signed(32), name=f"b2_{k}") for k in range(L)]
+        b2r = [Signal(signed(32), name=f"b2r_{k}") for k in range(L)]     # sat32(1.0 - b), for mulr
+        c2 = [Signal(signed(8), name=f"c2_{k}") for k in range(L)]
+        lb = [Signal(signed(33), name=f"lb_{k}") for k in range(L)]
+        ext_q = Signal(signed(32))          # a rescaling matvec's value, taken at issue
+        from_ext = Signal()
+        x3 = [Signal(signed(32), name=f"x3_{k}") for k in range(L)]
+        y3 = [Signal(signed(32), name=f"y3_{k}") for k in range(L)]
+        direct3 = [Signal(signed(34), name=f"direct3_{k}") for k in range(L)]
+        p4 = [Signal(signed(66), name=f"p4_{k}") for k in range(L)]
+        t5 = [Signal(signed(67), name=f"t5_{k}") for k in range(L)]
+        s5, pos5 = Signal(6), Signal()
+        left5 = [Signal(signed(33), name=f"left5_{k}") for k in range(L)]
+        r6 = [Signal(signed(32), name=f"r6_{k}") for k in range(L)]
+        use3 = Signal()
         sh3, sh4 = Signal(signed(10)), Signal(signed(10))
-        add3, add4, add5, add6 = (Signal(signed(33), name=f"add{k}") for k in range(3, 7))
-        red_v, red_val = Signal(), Signal(signed(32))
-        sq_v, sq_p = Signal(), Signal(54)
+        add = [[Signal(signed(33), name=f"add{s}_{k}") for k in range(L)] for s in range(3, 7)]
+        red_v, red_val = Signal(L), [Signal(signed(32), name=f"red_val_{k}") for k in range(L)]
+        sq_v, sq_p = Signal(L), [Signal(54, name=f"sq_p_{k}") for k in range(L)]
         running = Signal()
         peek_word = Signal(signed(32))
+        peek_lane = Signal(max(1, lane_bits))
         op = cur.op
 
         m.d.comb += [self.busy.eq(running | ~self.instr.ready)]
         # S1: the operands (read last cycle); the sigmoid table's address; fgate's lower bound
+        a1 = [Signal(signed(32), name=f"a1_{k}") for k in range(L)]
+        b1 = [Signal(signed(32), name=f"b1_{k}") for k in range(L)]
+        c1 = [Signal(signed(8), name=f"c1_{k}") for k in range(L)]
+        for k in range(L):
+            sa, sb, sc = (k, k, k) if k else (Mux(wide, 0, sel_a), Mux(wide, 0, sel_b), Mux(wide, 0, sel_c))
+            m.d.comb += [a1[k].eq(lane_value(ra.data, sa, 32)), b1[k].eq(lane_value(rb.data, sb, 32)),
+                         c1[k].eq(lane_value(rc.data, sc, 8))]
         # clamp((a >> SHIFT) + ENTRIES/2, 0, ENTRIES-1) without an adder: the shifted value is in
         # range exactly when the bits above it are all equal (its sign extension), and adding
         # ENTRIES/2 then flips its top bit; outside, the sign picks the first or the last entry
         ib = (golden.SIGMOID_ENTRIES - 1).bit_length()
-        top = ra.data[golden.SIGMOID_SHIFT + ib - 1:]
-        in_range = top.all() | ~top.any()
-        m.d.comb += [rs.en.eq(advance),
-                     rs.addr.eq(Mux(in_range, Cat(ra.data[golden.SIGMOID_SHIFT:golden.SIGMOID_SHIFT + ib - 1],
-                                                  ~ra.data[golden.SIGMOID_SHIFT + ib - 1]),
-                                    Mux(ra.data[-1], 0, golden.SIGMOID_ENTRIES - 1)))]
-        lb = Signal(signed(33))
+        for k in range(L):
+            top = a1[k][golden.SIGMOID_SHIFT + ib - 1:]
+            in_range = top.all() | ~top.any()
+            m.d.comb += [rs[k].en.eq(advance),
+                         rs[k].addr.eq(Mux(in_range, Cat(a1[k][golden.SIGMOID_SHIFT:golden.SIGMOID_SHIFT + ib - 1],
+                                                         ~a1[k][golden.SIGMOID_SHIFT + ib - 1]),
+                                           Mux(a1[k][-1], 0, golden.SIGMOID_ENTRIES - 1)))]
         with m.If(advance):
-            m.d.sync += [v[1].eq(v[0]), idx[1].eq(idx[0]), a2.eq(ra.data), b2.eq(rb.data), c2.eq(rc.data),
-                         lb.eq(_lower_bound(m, rc.data, cur.shift - golden.FIX_FRAC))]
+            m.d.sync += [v[1].eq(v[0]), idx[1].eq(idx[0])]
+            for k in range(L):
+                m.d.sync += [a2[k].eq(Mux(from_ext, ext_q, a1[k]) if k == 0 else a1[k]), b2[k].eq(b1[k]),
+                             b2r[k].eq(_sat32(m, golden.FIX_ONE - b1[k], f"one_minus_b_{k}")), c2[k].eq(c1[k]),
+                             lb[k].eq(_lower_bound(m, c1[k], cur.shift - golden.FIX_FRAC))]
         # S2: pick the product's operands, its shift and an addend: one signed 32 x 32 product
-        # path (4 SB_MAC16 on the UP5K); add, rsub and sigmoid bypass it
-        x, y = Signal(signed(32)), Signal(signed(32))
-        direct, use_direct = Signal(signed(34)), Signal()
-        sh, addend = Signal(signed(10)), Signal(signed(33))
-        sig = rs.data
+        # path per lane (4 SB_MAC16 on the UP5K); add, rsub and sigmoid bypass it
+        x = [Signal(signed(32), name=f"x_{k}") for k in range(L)]
+        y = [Signal(signed(32), name=f"y_{k}") for k in range(L)]
+        direct = [Signal(signed(34), name=f"direct_{k}") for k in range(L)]
+        addend = [Signal(signed(33), name=f"addend_{k}") for k in range(L)]
+        use_direct, sh = Signal(), Signal(signed(10))
+        sig = [rs[k].data for k in range(L)]
         un = Signal(signed(34))
-        m.d.comb += un.eq(Mux(qs >= 0, a2 >> qs.as_unsigned()[:6], a2 << (-qs).as_unsigned()[:5]))
+        m.d.comb += un.eq(Mux(qs >= 0, a2[0] >> qs.as_unsigned()[:6], a2[0] << (-qs).as_unsigned()[:5]))
         with m.Switch(op):
             with m.Case(VOp.MULC):
-                m.d.comb += [x.eq(a2), y.eq(c2), sh.eq(cur.shift)]
+                m.d.comb += sh.eq(cur.shift)
+                m.d.comb += [s for k in range(L) for s in (x[k].eq(a2[k]), y[k].eq(c2[k]))]
             with m.Case(VOp.MUL):
-                m.d.comb += [x.eq(a2), y.eq(b2), sh.eq(golden.FIX_FRAC)]
+                m.d.comb += sh.eq(golden.FIX_FRAC)
+                m.d.comb += [s for k in range(L) for s in (x[k].eq(a2[k]), y[k].eq(b2[k]))]
+            with m.Case(VOp.MULR):
+                m.d.comb += sh.eq(golden.FIX_FRAC)
+                m.d.comb += [s for k in range(L) for s in (x[k].eq(a2[k]), y[k].eq(b2r[k]))]
             with m.Case(VOp.SILU):
-                m.d.comb += [x.eq(a2), y.eq(sig), sh.eq(golden.FIX_FRAC)]
+                m.d.comb += sh.eq(golden.FIX_FRAC)
+                m.d.comb += [s for k in range(L) for s in (x[k].eq(a2[k]), y[k].eq(sig[k]))]
             with m.Case(VOp.FGATE):
-                m.d.comb += [x.eq(golden.FIX_ONE - lb), y.eq(a2), sh.eq(golden.FIX_FRAC), addend.eq(lb)]
-            with m.Case(VOp.RESCALE):
-                m.d.comb += [x.eq(a2), y.eq(reg_g), sh.eq(reg_gs)]
-            with m.Case(VOp.QUANT):
-                m.d.comb += [x.eq(un), y.eq(q), sh.eq(golden.RECIP_SHIFT)]
+                m.d.comb += sh.eq(golden.FIX_FRAC)
+                m.d.comb += [s for k in range(L)
+                             for s in (x[k].eq(golden.FIX_ONE - lb[k]), y[k].eq(a2[k]), addend[k].eq(lb[k]))]
+            with m.Case(VOp.SFGATE):
+                m.d.comb += sh.eq(golden.FIX_FRAC)
+                m.d.comb += [s for k in range(L)
+                             for s in (x[k].eq(golden.FIX_ONE - lb[k]), y[k].eq(sig[k]), addend[k].eq(lb[k]))]
+            with m.Case(VOp.RESCALE, VOp.MATVEC):
+                m.d.comb += sh.eq(reg_gs)
+                m.d.comb += [s for k in range(L) for s in (x[k].eq(a2[k]), y[k].eq(reg_g))]
+            with m.Case(VOp.QUANT):         # never wide: lane 0
+                m.d.comb += [x[0].eq(un), y[0].eq(q), sh.eq(golden.RECIP_SHIFT)]
             with m.Case(VOp.SIGMOID):
-                m.d.comb += [direct.eq(sig), use_direct.eq(1)]
+                m.d.comb += use_direct.eq(1)
+                m.d.comb += [direct[k].eq(sig[k]) for k in range(L)]
             with m.Case(VOp.ADD):
-                m.d.comb += [direct.eq(a2 + b2), use_direct.eq(1)]
+                m.d.comb += use_direct.eq(1)
+                m.d.comb += [direct[k].eq(a2[k] + b2[k]) for k in range(L)]
             with m.Case(VOp.RSUB):
-                m.d.comb += [direct.eq(golden.FIX_ONE - a2), use_direct.eq(1)]
+                m.d.comb += use_direct.eq(1)
+                m.d.comb += [direct[k].eq(golden.FIX_ONE - a2[k]) for k in range(L)]
         # S3: the product (or the bypassed value); S4: the rounding's addition, and the left
         # shift of a negative shift; S5: the rounding's right shift and the saturation
-        ta, sa, posa, lefta = _round_first(m, p4, sh4)
-        rounded = _round_second(m, t5, s5, pos5, left5)
         with m.If(advance):
-            m.d.sync += [v[2].eq(v[1]), idx[2].eq(idx[1]), x3.eq(x), y3.eq(y), sh3.eq(sh), add3.eq(addend),
-                         direct3.eq(direct), use3.eq(use_direct),
-                         v[3].eq(v[2]), idx[3].eq(idx[2]), p4.eq(Mux(use3, direct3, x3 * y3)), sh4.eq(sh3),
-                         add4.eq(add3),
-                         v[4].eq(v[3]), idx[4].eq(idx[3]), t5.eq(ta), s5.eq(sa), pos5.eq(posa), left5.eq(lefta),
-                         add5.eq(add4),
-                         v[5].eq(v[4]), idx[5].eq(idx[4]), r6.eq(rounded), add6.eq(add5)]
-        # S6: add, saturate, write (or offer the activation); hand the value to the reductions
-        result = _sat32(m, r6 + add6, "result")
+            m.d.sync += [v[2].eq(v[1]), idx[2].eq(idx[1]), sh3.eq(sh), use3.eq(use_direct),
+                         v[3].eq(v[2]), idx[3].eq(idx[2]), sh4.eq(sh3),
+                         v[4].eq(v[3]), idx[4].eq(idx[3]),
+                         v[5].eq(v[4]), idx[5].eq(idx[4])]
+        rounded = []
+        for k in range(L):
+            ta, sa, posa, lefta = _round_first(m, p4[k], sh4)
+            rounded.append(_round_second(m, t5[k], s5, pos5, left5[k]))
+            with m.If(advance):
+                m.d.sync += [x3[k].eq(x[k]), y3[k].eq(y[k]), add[0][k].eq(addend[k]), direct3[k].eq(direct[k]),
+                             p4[k].eq(Mux(use3, direct3[k], x3[k] * y3[k])), add[1][k].eq(add[0][k]),
+                             t5[k].eq(ta), left5[k].eq(lefta), add[2][k].eq(add[1][k]),
+                             r6[k].eq(rounded[k]), add[3][k].eq(add[2][k])]
+                if k == 0:
+                    m.d.sync += [s5.eq(sa), pos5.eq(posa)]
+        # S6: add, saturate, write (or offer the activation); hand the values to the reductions
+        result = [_sat32(m, r6[k] + add[3][k], f"result_{k}") for k in range(L)]
         qv = Signal(signed(8))
-        with m.If(r6 > 127):
+        with m.If(r6[0] > 127):
             m.d.comb += qv.eq(127)
-        with m.Elif(r6 < -127):
+        with m.Elif(r6[0] < -127):
             m.d.comb += qv.eq(-127)
         with m.Else():
-            m.d.comb += qv.eq(r6)
+            m.d.comb += qv.eq(r6[0])
         is_quant = op == VOp.QUANT
         last = v[5]
-        m.d.comb += [self.xq.payload.eq(qv), self.xq.valid.eq(last & is_quant & running),
-                     advance.eq(~(last & is_quant & ~self.xq.ready))]
+        m.d.comb += [self.xq.payload.eq(qv), self.xq.valid.eq(last[0] & is_quant & running),
+                     advance.eq(~(last[0] & is_quant & ~self.xq.ready))]
         m.d.sync += red_v.eq(0)
-        with m.If(last & advance & running):
-            m.d.sync += wcount.eq(wcount + 1)
+        with m.If(last.any() & advance & running):
+            m.d.sync += wcount.eq(wcount + sum(last[k] for k in range(L)))
             with m.If(~is_quant):
-                m.d.comb += [wr.addr.eq(cur.dst + idx[5]), wr.data.eq(result), wr.en.eq(1)]
-            m.d.sync += [red_v.eq(cur.red != 0), red_val.eq(result)]
+                elem = cur.dst + idx[5]
+                m.d.comb += [wr.addr.eq(word_of(elem)),
+                             wr.data.eq(Mux(wide, Cat(*result), Cat(*(result[0] for _ in range(L))))),
+                             wr.en.eq(Mux(wide, last, one_hot(lane_of(elem))))]
+            m.d.sync += [red_v.eq(Mux(cur.red != 0, last, 0))] + [red_val[k].eq(result[k]) for k in range(L)]
         # reductions: |value| against M; the square (after the shift), then its sum into SS
-        absr = Signal(33)
-        sq_in = Signal(signed(27))
-        m.d.comb += [absr.eq(Mux(red_val < 0, -red_val, red_val)), sq_in.eq(red_val >> golden.SUMSQ_SHIFT)]
-        m.d.sync += [sq_v.eq(red_v & (cur.red == lmstep.RED_SUMSQ)), sq_p.eq(sq_in * sq_in)]
-        with m.If(red_v & (cur.red == lmstep.RED_MAX) & (absr > reg_m)):
-            m.d.sync += reg_m.eq(absr)
-        with m.If(sq_v):
-            m.d.sync += reg_ss.eq(reg_ss + sq_p)
-        red_pending = red_v | sq_v
+        absr = [Signal(33, name=f"absr_{k}") for k in range(L)]
+        sq_in = [Signal(signed(27), name=f"sq_in_{k}") for k in range(L)]
+        is_max, is_ss = cur.red == lmstep.RED_MAX, cur.red == lmstep.RED_SUMSQ
+        new_m = reg_m
+        for k in range(L):
+            m.d.comb += [absr[k].eq(Mux(red_val[k] < 0, -red_val[k], red_val[k])),
+                         sq_in[k].eq(red_val[k] >> golden.SUMSQ_SHIFT)]
+            m.d.sync += sq_p[k].eq(sq_in[k] * sq_in[k])
+            new_m = Mux(red_v[k] & (absr[k] > new_m), absr[k], new_m)
+        m.d.sync += sq_v.eq(Mux(is_ss, red_v, 0))
+        with m.If(is_max):
+            m.d.sync += reg_m.eq(new_m)
+        with m.If(sq_v.any()):
+            m.d.sync += reg_ss.eq(reg_ss + sum(Mux(sq_v[k], sq_p[k], 0) for k in range(L)))
+        red_pending = red_v.any() | sq_v.any()
 
-        # issue: read element `issue` of a, b and c
+        # issue: read the words of element `issue` of a, b and c (a wide issue: L elements from
+        # aligned words; a rescaling matvec: take the element from `ext`)
+        ea, eb, ec = cur.a + issue, cur.b + issue, cur.c + issue
         m.d.comb += [ra.en.eq(advance), rb.en.eq(advance), rc.en.eq(advance),
-                     ra.addr.eq(cur.a + issue), rb.addr.eq(cur.b + issue), rc.addr.eq(cur.c + issue)]
+                     ra.addr.eq(word_of(ea)), rb.addr.eq(word_of(eb)), rc.addr.eq(word_of(ec)),
+                     from_ext.eq(op == VOp.MATVEC)]
         with m.If(advance):
             m.d.sync += v[0].eq(0)
-        with m.If(running & advance & (issue < cur.n)):
-            m.d.sync += [v[0].eq(1), idx[0].eq(issue), issue.eq(issue + 1)]
+        can_issue = running & advance & (issue < cur.n)
+        with m.If(from_ext):
+            m.d.comb += self.ext.ready.eq(can_issue)
+        lanes_in = Cat(*[(issue + k < cur.n) for k in range(L)])
+        with m.If(can_issue & (~from_ext | self.ext.valid)):
+            m.d.sync += [idx[0].eq(issue), ext_q.eq(self.ext.payload),
+                         sel_a.eq(lane_of(ea)), sel_b.eq(lane_of(eb)), sel_c.eq(lane_of(ec))]
+            with m.If(wide):
+                m.d.sync += [v[0].eq(lanes_in), issue.eq(issue + L)]
+            with m.Else():
+                m.d.sync += [v[0].eq(1), issue.eq(issue + 1)]
 
         # constant loads (idle only) share the constant memory's write port
-        m.d.comb += [cw.addr.eq(self.cload.payload.addr), cw.data.eq(self.cload.payload.data)]
+        caddr = self.cload.payload.addr
+        m.d.comb += [cw.addr.eq(word_of(caddr)), cw.data.eq(Cat(*(self.cload.payload.data for _ in range(L))))]
 
         m.d.comb += [div.res.ready.eq(1), sqrt.res.ready.eq(1)]
 
         with m.FSM():
             with m.State("IDLE"):
-                m.d.comb += [self.instr.ready.eq(1), self.cload.ready.eq(1), cw.en.eq(self.cload.valid),
+                m.d.comb += [self.instr.ready.eq(1), self.cload.ready.eq(1),
+                             cw.en.eq(Mux(self.cload.valid, one_hot(lane_of(caddr)), 0)),
                              self.peek.ready.eq(~self.instr.valid)]
                 with m.If(self.peek.valid & ~self.instr.valid):
-                    m.d.comb += ra.addr.eq(self.peek.payload)
+                    m.d.comb += ra.addr.eq(word_of(self.peek.payload))
+                    m.d.sync += peek_lane.eq(lane_of(self.peek.payload))
                     m.next = "PEEK"
                 with m.If(self.instr.valid):
                     p = self.instr.payload
-                    m.d.sync += [cur.eq(p), issue.eq(0), wcount.eq(0)]
+                    m.d.sync += [cur.eq(p), issue.eq(0), wcount.eq(0), wide.eq(0)]
                     with m.If(p.red == lmstep.RED_MAX):
                         m.d.sync += reg_m.eq(0)
                     with m.If(p.red == lmstep.RED_SUMSQ):
                         m.d.sync += reg_ss.eq(0)
                     with m.Switch(p.op):
                         with m.Case(VOp.EMBED, VOp.MATVEC):
-                            with m.If(p.n != 0):
+                            with m.If((p.op == VOp.MATVEC) & (p.imm != 0)):     # rescaled on the way
+                                m.d.sync += running.eq(1)
+                                m.next = "RUN"
+                            with m.Elif(p.n != 0):
                                 m.next = "EXT"
                         with m.Case(VOp.QUANT):
                             m.d.sync += [nx.eq(reg_m), ns.eq(0)]
@@ -464,11 +564,12 @@ class VectorUnit(wiring.Component):
                         with m.Case(VOp.GAIN):
                             m.d.sync += [nx.eq(reg_m), ns.eq(0)]
                             m.next = "G_NORM_M"
-                        with m.Default():
-                            m.d.sync += running.eq(1)
+                        with m.Default():   # elementwise: wide when every address is aligned
+                            aligned = Cat(*(lane_of(f) == 0 for f in (p.dst, p.a, p.b, p.c))).all()
+                            m.d.sync += [running.eq(1), wide.eq(aligned if L > 1 else 0)]
                             m.next = "RUN"
             with m.State("PEEK"):      # the word is registered before it leaves (no RAM output path out)
-                m.d.sync += peek_word.eq(ra.data)
+                m.d.sync += peek_word.eq(lane_value(ra.data, peek_lane, 32))
                 m.next = "PEEK_WORD"
             with m.State("PEEK_WORD"):
                 m.d.comb += [self.word.valid.eq(1), self.word.payload.eq(peek_word)]
@@ -477,7 +578,9 @@ class VectorUnit(wiring.Component):
             with m.State("EXT"):
                 m.d.comb += self.ext.ready.eq(1)
                 with m.If(self.ext.valid):
-                    m.d.comb += [wr.addr.eq(cur.dst + wcount), wr.data.eq(self.ext.payload), wr.en.eq(1)]
+                    elem = cur.dst + wcount
+                    m.d.comb += [wr.addr.eq(word_of(elem)), wr.data.eq(Cat(*(self.ext.payload for _ in range(L)))),
+                                 wr.en.eq(one_hot(lane_of(elem)))]
                     m.d.sync += wcount.eq(wcount + 1)
                     with m.If(wcount + 1 == cur.n):
                         m.next = "IDLE"
@@ -485,8 +588,11 @@ class VectorUnit(wiring.Component):
                 with m.If(wcount == cur.n):
                     m.d.sync += running.eq(0)
                     m.next = "DRAIN"
-            with m.State("DRAIN"):     # the last reduction terms land
-                with m.If(~red_pending):
+            with m.State("DRAIN"):     # the last reduction terms land; a quant may take its gain
+                with m.If((op == VOp.QUANT) & (cur.imm != 0)):
+                    m.d.sync += [nx.eq(reg_m), ns.eq(0)]
+                    m.next = "G_NORM_M"
+                with m.Elif(~red_pending):
                     m.next = "IDLE"
 
             # normalise nx to `bits` bits: shift right while too wide, left while too narrow

@@ -326,10 +326,10 @@ class DeviceModel:
         lm, code, n = self.lm, op.code, op.n
         elementwise = code in lmstep.ELEMENTWISE
         sources = ("a",) if code in _READS_A else ()
-        sources += ("b",) if code in ("mul", "add") else ()
+        sources += ("b",) if code in _READS_B else ()
         bad = (code not in ("quant", "gain") and op.dst + n > lm.vmem_depth) \
             or any(getattr(op, src) + n > lm.vmem_depth for src in sources) \
-            or (code in ("mulc", "fgate") and op.c + n > lm.cmem_depth) \
+            or (code in _READS_C and op.c + n > lm.cmem_depth) \
             or (code == "embed" and (token + 1) * n > lm.embed_depth) \
             or op.red == 3 \
             or (op.red != 0 and (not elementwise or n == 0)) \
@@ -363,7 +363,10 @@ class DeviceModel:
 
 
 #: the instructions that read the vector at ``a``
-_READS_A = ("mulc", "mul", "add", "sigmoid", "silu", "rsub", "fgate", "quant", "rescale")
+_READS_A = ("mulc", "mul", "add", "sigmoid", "silu", "rsub", "fgate", "quant", "rescale", "sfgate", "mulr")
+#: those that read ``b``, and the constants at ``c``
+_READS_B = ("mul", "add", "mulr")
+_READS_C = ("mulc", "fgate", "sfgate")
 
 
 class _Refused(Exception):

@@ -44,16 +44,18 @@ OPCODES = {
     "silu":     "dst = silu_fix(a)",
     "rsub":     "dst = sat32(1.0 - a)",
     "fgate":    "dst = sat32(lb + shift_round((1.0 - lb) * a, 16)), lb = clamp(shift_round(cmem[c:c+n], shift - 16), 0, 1.0)",
-    "quant":    "engine activations = quantize_fix(a, M)",
-    "matvec":   "dst = ternary matrix number c times the engine activations (exact)",
+    "quant":    "engine activations = quantize_fix(a, M); when imm != 0, also G = rescale_gain(M, SS, imm, shift)",
+    "matvec":   "dst = ternary matrix number c times the engine activations (exact); when imm != 0, rescale_fix of that by G",
     "gain":     "G = rescale_gain(M, SS, imm, shift)",
     "rescale":  "dst = rescale_fix(a, G)",
+    "sfgate":   "dst = fgate of sigmoid_fix(a): sat32(lb + shift_round((1.0 - lb) * sigmoid_fix(a), 16)), lb as fgate's",
+    "mulr":     "dst = mul_fix(a, sat32(1.0 - b))",
 }
 #: Reductions an elementwise instruction (only those) can fold into its pass: into the scalar register
 #: ``M`` (``max_abs``) or ``SS`` (``sum_squares``) of the values it writes.
 REDUCTIONS = {0: None, 1: "M", 2: "SS"}
 RED_MAX, RED_SUMSQ = 1, 2
-ELEMENTWISE = ("mulc", "mul", "add", "sigmoid", "silu", "rsub", "fgate", "rescale")
+ELEMENTWISE = ("mulc", "mul", "add", "sigmoid", "silu", "rsub", "fgate", "rescale", "sfgate", "mulr")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,23 +137,25 @@ def compile_mmfree(model, *, const_bits=CONST_BITS, embed_bits=EMBED_BITS):
     # Vector memory: buffers whose lifetimes never overlap share words. `u` (each BitLinear's
     # weighted input, read once by `quant`) doubles as `d` (the GLU product, rewritten in place
     # into `u`); one area holds the mixer's f / i / g / scratch, then the GLU's gate output, then
-    # the logits.
+    # the logits. Every buffer and constant vector starts at an even address, so a two-lane
+    # vector unit streams each instruction two elements a cycle (``even``; results never depend on it).
+    even = lambda n: n + (n & 1)
     vectors, top = {}, 0
     for name, n in [("h", H)] + [(f"s{l}", H) for l in range(cfg.layers)] + [("v", H), ("u", max(H, I))]:
         vectors[name] = (top, n)
-        top += n
+        top += even(n)
     vectors["d"] = (vectors["u"][0], I)
     for i, name in enumerate(("yf", "yi", "yg", "t")):
-        vectors[name] = (top + i * H, H)
+        vectors[name] = (top + i * even(H), H)
     vectors["y2"], vectors["logits"] = (top, 2 * I), (top, cfg.vocab)
-    top += max(4 * H, 2 * I, cfg.vocab)
+    top += max(4 * even(H), 2 * I, cfg.vocab)
     A = {name: addr for name, (addr, _) in vectors.items()}
     consts, cwords, mats, names, prog = {}, [], [], [], []
 
     def const(name, values):
         m, shift = golden.bfp_constant(np.asarray(values, np.float32), const_bits)
         consts[name] = (sum(len(w) for w in cwords), len(m), shift)
-        cwords.append(m)
+        cwords.append(np.concatenate([m, np.zeros(len(m) & 1, m.dtype)]))
         return consts[name]
 
     def mulc(dst, src, name, values, n, red=0):
@@ -164,9 +168,11 @@ def compile_mmfree(model, *, const_bits=CONST_BITS, embed_bits=EMBED_BITS):
         lin = L[name]
         mulc("u", src, name + ".norm", lin.norm, k, RED_MAX)
         cm, cs = _gain_constant(k, lin.s_w)
-        # quant's c names the matrix its activations go to (the sequencer starts that product)
-        prog.extend([Op("quant", a=A["u"], n=k, c=len(mats)), Op("matvec", A[dst], n=m, c=len(mats)),
-                     Op("gain", imm=cm, shift=cs), Op("rescale", A[dst], A[dst], n=m)])
+        # quant's c names the matrix its activations go to (the sequencer starts that product);
+        # quant also takes the gain (imm, shift: computed while the engine works), and matvec
+        # rescales the products as they arrive (imm = 1): `gain` + `rescale` folded in
+        prog.extend([Op("quant", a=A["u"], n=k, c=len(mats), imm=cm, shift=cs),
+                     Op("matvec", A[dst], n=m, c=len(mats), imm=1)])
         mats.append(lin.wq)
         names.append(name)
 
@@ -179,7 +185,7 @@ def compile_mmfree(model, *, const_bits=CONST_BITS, embed_bits=EMBED_BITS):
     scale = golden.bfp_constant(d * golden.FIX_ONE, 16)
     # ones: `mulc` by them is a rounding shift (the embedding's scale; shift 63 zeroes a vector)
     consts["ones"] = (sum(len(w) for w in cwords), max(H, I), 0)
-    cwords.append(np.ones(max(H, I), np.int64))
+    cwords.append(np.ones(even(max(H, I)), np.int64))
     reset = [Op("mulc", A[f"s{l}"], A[f"s{l}"], n=H, c=consts["ones"][0], shift=63) for l in range(cfg.layers)]
     prog += [Op("embed", A["h"], n=H), Op("mulc", A["h"], A["h"], n=H, c=consts["ones"][0], shift=int(scale[1]))]
     for l in range(cfg.layers):
@@ -189,9 +195,9 @@ def compile_mmfree(model, *, const_bits=CONST_BITS, embed_bits=EMBED_BITS):
         for g, dst in (("f", "yf"), ("i", "yi"), ("g", "yg")):
             bitlinear(p + f"attn.{g}_proj", "v", dst, H, H)
         c, _, shift = const(p + "lower_bound", lb[l])
-        prog += [Op("sigmoid", A["yf"], A["yf"], n=H), Op("fgate", A["yf"], A["yf"], n=H, c=c, shift=shift),
-                 Op("silu", A["yi"], A["yi"], n=H), Op("rsub", A["t"], A["yf"], n=H),
-                 Op("mul", A["yi"], A["yi"], A["t"], n=H),                           # c = silu(i)(1-f)
+        prog += [Op("sfgate", A["yf"], A["yf"], n=H, c=c, shift=shift),             # f = fgate(sigmoid(f))
+                 Op("silu", A["yi"], A["yi"], n=H),
+                 Op("mulr", A["yi"], A["yi"], A["yf"], n=H),                         # c = silu(i)(1-f)
                  Op("mul", A[s], A[s], A["yf"], n=H), Op("add", A[s], A[s], A["yi"], n=H),
                  Op("silu", A["t"], A[s], n=H), Op("mul", A["t"], A["yg"], A["t"], n=H)]
         mulc("t", "t", p + "attn.g_norm", f[p + "attn.g_norm.weight"], H, RED_SUMSQ)
@@ -230,15 +236,22 @@ def execute(op, vmem, regs, cmem, *, embed_row=None, matvec=None):
         out = golden.silu_fix(a)
     elif c == "rsub":
         out = golden.sat32(golden.FIX_ONE - a)
-    elif c == "fgate":   # a lower bound lies in [0, 1]: the constant is clamped there
+    elif c in ("fgate", "sfgate"):   # a lower bound lies in [0, 1]: the constant is clamped there
         lb = np.clip(golden.shift_round(cmem[op.c:op.c + op.n].astype(np.int64), op.shift - golden.FIX_FRAC),
                      0, golden.FIX_ONE)
-        out = golden.sat32(lb + golden.shift_round((golden.FIX_ONE - lb) * a, golden.FIX_FRAC))
+        x = golden.sigmoid_fix(a) if c == "sfgate" else a
+        out = golden.sat32(lb + golden.shift_round((golden.FIX_ONE - lb) * x, golden.FIX_FRAC))
+    elif c == "mulr":
+        out = golden.mul_fix(a, golden.sat32(golden.FIX_ONE - vmem[..., op.b:op.b + op.n]))
     elif c == "quant":
         regs["XQ"] = golden.quantize_fix(a, regs["M"])
+        if op.imm:
+            regs["G"] = golden.rescale_gain(regs["M"], regs["SS"], op.imm, op.shift)
         return
     elif c == "matvec":
         out = matvec(op.c, regs["XQ"])
+        if op.imm:
+            out = golden.rescale_fix(out, *regs["G"])
     elif c == "gain":
         regs["G"] = golden.rescale_gain(regs["M"], regs["SS"], op.imm, op.shift)
         return

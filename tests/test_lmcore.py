@@ -216,7 +216,7 @@ def raw_program(ops, lm):
     words = []
     for op in ops:
         if op is None:
-            bits = layout.const({"op": 0}).as_bits() | 13 << layout["op"].offset
+            bits = layout.const({"op": 0}).as_bits() | 15 << layout["op"].offset   # no VOp
         else:
             from tritium.hw.vector import VOp
             bits = layout.const({"op": VOp[op.code.upper()], "red": op.red, "dst": op.dst, "a": op.a, "b": op.b,

@@ -343,7 +343,7 @@ def test_run_time_checks_of_the_products():
             _refused_program(raw, [quant, w("embed", dst=0, n=2)], P.Err.OUT_OF_RANGE),
             _refused_program(raw, [w("embed", dst=0, n=2), quant], P.Err.OUT_OF_RANGE),
             # a word with an opcode outside VOp, whatever else it holds
-            _refused_program(raw, [w("matvec", dst=15, n=1023, c=63) & ~0xF | 13], P.Err.UNKNOWN_OP)}
+            _refused_program(raw, [w("matvec", dst=15, n=1023, c=63) & ~0xF | 15], P.Err.UNKNOWN_OP)}
     # every error a run can end with was produced
     assert seen == {P.Err.UNKNOWN_OP, P.Err.OUT_OF_RANGE, P.Err.BAD_SLOT, P.Err.EMPTY_SLOT}
     # the product with its counts right runs: quant 3 (the slot's K), then its matvec of 2 rows
@@ -498,7 +498,7 @@ def test_host_side_refusals_send_nothing(model, on_device):
     with pytest.raises(TritiumValueError, match="the model needs 1,408 vector memory words; the device's LM step "
                                                 "has 1,024"):
         lmdevice.load_image(small, image)
-    for lm, what in [(LMParams(cmem_depth=4096), "constant bytes"), (LMParams(prog_depth=128), "program instructions"),
+    for lm, what in [(LMParams(cmem_depth=4096), "constant bytes"), (LMParams(prog_depth=64), "program instructions"),
                      (LMParams(embed_depth=32767), "embedding values"), (LMParams(max_vocab=255), "vocabulary tokens")]:
         with pytest.raises(TritiumValueError, match=what):
             lmdevice.check_image(lm, image)

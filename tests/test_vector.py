@@ -36,10 +36,10 @@ def _vectors(rng, n, scale):
     return np.round(rng.normal(size=n) * scale * 65536).clip(G.INT32_MIN, G.INT32_MAX).astype(np.int64)
 
 
-def _run_ops(ops, vmem0, cmem, *, seed, ext=None, stall_prob=0.3):
+def _run_ops(ops, vmem0, cmem, *, seed, ext=None, stall_prob=0.3, lanes=1):
     """Run ``ops`` on the RTL and on the spec from the same memory; return both memories."""
     words = len(vmem0)
-    dut = VectorUnit(vmem_depth=words, cmem_depth=max(1, len(cmem)))
+    dut = VectorUnit(vmem_depth=words, cmem_depth=max(1, len(cmem)), lanes=lanes)
     load = [Op("embed", 0, n=words)]
     vals = {"init": vmem0}
 
@@ -57,12 +57,13 @@ def _run_ops(ops, vmem0, cmem, *, seed, ext=None, stall_prob=0.3):
     return snap["vmem"], spec, regs
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_elementwise_ops_match_the_spec(seed):
+@pytest.mark.parametrize("seed, lanes, n", [(0, 1, 24), (1, 1, 24), (0, 2, 24), (1, 2, 25), (2, 2, 23)])
+def test_elementwise_ops_match_the_spec(seed, lanes, n):
     # Every elementwise instruction with and without reductions, over values that reach
     # saturation, the sigmoid table's ends and the rounding ties; random stalls on the streams.
+    # Two lanes: with an odd n the vectors sit at odd addresses too, so aligned (two elements a
+    # cycle, the last pair half full) and unaligned instructions (one a cycle) both run.
     rng = np.random.default_rng(seed)
-    n = 24
     a = np.concatenate([_vectors(rng, n - 6, 6), [G.INT32_MAX, G.INT32_MIN, 0, 1, -1, 9 * 65536]])
     b = np.concatenate([_vectors(rng, n - 4, 40000), [G.INT32_MAX, G.INT32_MIN, -1, 2**15]])
     c = rng.integers(-128, 128, n)
@@ -73,13 +74,16 @@ def test_elementwise_ops_match_the_spec(seed):
            Op("sigmoid", B, A, n=n), Op("silu", A, A, n=n), Op("rsub", D, B, n=n),
            Op("fgate", D + n, B, n=n, c=0, shift=9), Op("mul", D + 2 * n, D + 2 * n, D + n, n=n, red=lmstep.RED_SUMSQ),
            # fgate on raw operands (not only sigmoid outputs), with constants beyond [0, 1] (clamped)
-           Op("fgate", D + 3 * n, A + 0, n=n, c=0, shift=7), Op("fgate", D, D + 3 * n, n=n, c=0, shift=-3)]
-    got, spec, _ = _run_ops(ops, vmem0, c, seed=seed)
+           Op("fgate", D + 3 * n, A + 0, n=n, c=0, shift=7), Op("fgate", D, D + 3 * n, n=n, c=0, shift=-3),
+           # the fused forms: fgate of the sigmoid, and a product by 1 - b (b saturating included)
+           Op("sfgate", D + n, A, n=n, c=0, shift=9, red=lmstep.RED_MAX), Op("sfgate", D + 2 * n, B, n=n, c=0, shift=-2),
+           Op("mulr", D + 3 * n, A, B, n=n, red=lmstep.RED_SUMSQ), Op("mulr", B, B, D + n, n=n)]
+    got, spec, _ = _run_ops(ops, vmem0, c, seed=seed, lanes=lanes)
     assert np.array_equal(got, spec)
 
 
-@pytest.mark.parametrize("scale", [1e-4, 0.3, 50, 20000])
-def test_bitlinear_sequence_matches_the_spec(scale):
+@pytest.mark.parametrize("scale, lanes", [(1e-4, 1), (0.3, 1), (50, 2), (20000, 2)])
+def test_bitlinear_sequence_matches_the_spec(scale, lanes):
     # mulc with a max, quant (activations leave on xq), matvec (products come back on ext),
     # gain, rescale: the BitLinear of the LM step, over inputs small to huge.
     rng = np.random.default_rng(int(scale * 1000) % 997)
@@ -97,11 +101,32 @@ def test_bitlinear_sequence_matches_the_spec(scale):
            Op("mulc", k, 0, n=k, c=0, shift=6, red=lmstep.RED_MAX),
            Op("quant", a=k, n=k), Op("matvec", 2 * k, n=mrows, c=0),
            Op("gain", imm=45000, shift=14), Op("rescale", 2 * k, 2 * k, n=mrows)]
-    got, spec, regs = _run_ops(ops, vmem0, c, seed=3, ext=ext)
+    got, spec, regs = _run_ops(ops, vmem0, c, seed=3, ext=ext, lanes=lanes)
     assert np.array_equal(got, spec)
     # the activations the RTL offered are the spec's quantization (checked by ext's products too)
     assert np.array_equal(seen[0], regs["XQ"].astype(np.int64))
     assert np.abs(seen[0]).max() == 127
+
+
+@pytest.mark.parametrize("scale, lanes", [(1e-4, 1), (0.3, 2), (20000, 2)])
+def test_fused_bitlinear_matches_the_spec_and_the_unfused_one(scale, lanes):
+    # quant with the gain folded in (imm != 0), then matvec rescaling its products as they come
+    # in on ext (imm = 1): what the compiler emits; equal to the spec, and to quant, matvec,
+    # gain, rescale one by one.
+    rng = np.random.default_rng(int(scale * 100) % 991)
+    k, mrows = 36, 20
+    w = rng.integers(-1, 2, (mrows, k))
+    vmem0 = np.concatenate([_vectors(rng, k, scale), np.zeros(k + 2 * mrows, np.int64)])
+    c = rng.integers(-128, 128, k)
+    ext = lambda op, xq: w @ xq
+    head = [Op("mulc", 0, 0, n=k, red=lmstep.RED_SUMSQ, c=0, shift=0), Op("mulc", k, 0, n=k, c=0, shift=6, red=lmstep.RED_MAX)]
+    fused = head + [Op("quant", a=k, n=k, imm=45000, shift=14), Op("matvec", 2 * k, n=mrows, c=0, imm=1)]
+    plain = head + [Op("quant", a=k, n=k), Op("matvec", 2 * k + mrows, n=mrows, c=0),
+                    Op("gain", imm=45000, shift=14), Op("rescale", 2 * k + mrows, 2 * k + mrows, n=mrows)]
+    got, spec, _ = _run_ops(fused + plain[2:], vmem0, c, seed=5, ext=ext, lanes=lanes)
+    assert np.array_equal(got, spec)
+    assert np.array_equal(got[2 * k:2 * k + mrows], got[2 * k + mrows:])
+    assert got[2 * k:].any()
 
 
 def test_zero_input_gives_zero_activations_and_gain():
@@ -142,22 +167,24 @@ def _small_image():
     return lmstep.compile_mmfree(_load_mmfree(random_mmfree(cfg, seed=3), cfg, "random", {}))
 
 
-def test_a_small_models_step_runs_bit_exactly_on_the_vector_unit():
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_a_small_models_step_runs_bit_exactly_on_the_vector_unit(lanes):
     # another shape, compiled from its config: no RTL change, same exact agreement
-    _program_on_rtl(_small_image(), [5, 17, 40, 0])
+    _program_on_rtl(_small_image(), [5, 17, 40, 0], lanes=lanes)
 
 
-def test_the_shipped_models_step_runs_bit_exactly_on_the_vector_unit(shipped_image):
-    cycles = _program_on_rtl(shipped_image, list(b"The"))
-    print(f"vector unit cycles per token (shipped model, 10% stalls on ext/xq): {cycles}")
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_the_shipped_models_step_runs_bit_exactly_on_the_vector_unit(shipped_image, lanes):
+    cycles = _program_on_rtl(shipped_image, list(b"The"), lanes=lanes)
+    print(f"vector unit cycles per token (shipped model, {lanes} lanes, 10% stalls on ext/xq): {cycles}")
 
 
-def _program_on_rtl(img, tokens):
+def _program_on_rtl(img, tokens, *, lanes=1):
     # The whole compiled program, token after token, on the RTL: the logits and every layer's
     # state equal the spec's integers; products and embedding rows come in on ext.
     spec = lmstep.IntegerLM(img)
     want = [spec.step(t) for t in tokens]
-    dut = VectorUnit(vmem_depth=img.vmem_words, cmem_depth=len(img.cmem))
+    dut = VectorUnit(vmem_depth=img.vmem_words, cmem_depth=len(img.cmem), lanes=lanes)
 
     def source_for(tok):
         def source(op, xq):
@@ -175,8 +202,10 @@ def _program_on_rtl(img, tokens):
     last = img.config.layers - 1
     addr, n = img.vectors[f"s{last}"]
     assert np.array_equal(snaps[-1][f"s{last}"], spec.vmem[addr:addr + n])
-    # each token streams at least the program's vector elements through the unit
-    assert all(c > img.cost()["vector_elements"] for c in cycles)
+    # each token streams at least the program's vector elements through the unit (at most
+    # `lanes` a cycle in elementwise instructions)
+    cost = img.cost()
+    assert all(c > cost["vector_elements"] / lanes for c in cycles)
     return cycles
 
 

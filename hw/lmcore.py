@@ -16,6 +16,7 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..sim import golden, lmstep
+from ..sim.golden import TritiumValueError
 from . import protocol as P
 from .layouts import EngineLayouts
 from .params import EngineParams, LMParams, rejected
@@ -98,10 +99,13 @@ class LMCore(wiring.Component):
 
     Timing
     ------
-    Each instruction costs its vector-unit time (:class:`VectorUnit`) plus 5 cycles of fetch,
-    decode and checks; a ``quant`` starts the engine on its matrix before streaming, so the
-    activations flow into the engine as they are made, and ``matvec`` takes the tiles as the
-    engine offers them. A token choice costs :class:`TokenSampler`'s time.
+    Each instruction costs its vector-unit time (:class:`VectorUnit`) plus one cycle to issue it:
+    the next instruction is fetched, decoded and its slot looked up while the current one runs,
+    and checked as it ends (an instruction after one that ends within 3 cycles, and the first of
+    each step, take 5 cycles of fetch, decode and checks). A ``quant`` starts the engine on its
+    matrix before streaming, so the activations flow into the engine as they are made (``lanes``
+    a cycle from an aligned vector), and ``matvec`` takes the tiles as the engine offers them. A
+    token choice costs :class:`TokenSampler`'s time.
 
     Checks (a fault ends the generation, the engine drained, with ``out.kind`` 2): before each
     instruction, in this order: an opcode outside :class:`VOp` (UNKNOWN_OP); a ``quant`` not
@@ -119,6 +123,9 @@ class LMCore(wiring.Component):
             raise rejected(self, TypeError(f"params must be an EngineParams, not {params!r}"))
         if not isinstance(lm, LMParams):
             raise rejected(self, TypeError(f"lm must be an LMParams, not {lm!r}"))
+        if params.trits % lm.vector_lanes:
+            raise rejected(self, TritiumValueError(f"a {lm.vector_lanes}-lane vector unit needs an engine whose "
+                                                   f"trits ({params.trits}) are a multiple of {lm.vector_lanes}"))
         self._params, self._lm = params, lm
         self.vector = VectorUnit(vmem_depth=lm.vmem_depth, cmem_depth=lm.cmem_depth, lanes=lm.vector_lanes)
         self.sampler = TokenSampler(max_vocab=lm.max_vocab, addr_bits=lm.addr_bits)
@@ -206,27 +213,38 @@ class LMCore(wiring.Component):
         m.d.comb += self.slot_addr.eq(ins.c[:SLOT_BITS])
 
         # -- the activation packer: quant's int8 values into engine words, zero-padded ----------
-        trits = p.trits
+        # (`count` values a transfer, at most `lanes`, which divides `trits`: never across words;
+        # the padding fills the rest of a word at once)
+        trits, lanes_v = p.trits, lm.vector_lanes
+        xq = vu.xq.payload
         pk_vals = Signal.like(n)                       # values still to come from `xq`
         pk_fill = Signal(range(p.max_chunks + 1))      # words still to fill
         pk_word = Signal(self.act.payload.shape())
         pk_pos = Signal(range(trits))
+        pk_next = Signal(range(trits + 1))
         pk_full = Signal()
         space = ~pk_full | self.act.ready
         byte_valid = Mux(pk_vals != 0, vu.xq.valid, 1)
         take = space & (pk_fill != 0) & byte_valid
         m.d.comb += [self.act.valid.eq(pk_full), self.act.payload.eq(pk_word),
-                     vu.xq.ready.eq(space & (pk_fill != 0) & (pk_vals != 0))]
+                     vu.xq.ready.eq(space & (pk_fill != 0) & (pk_vals != 0)),
+                     pk_next.eq(Mux(pk_vals != 0, pk_pos + xq.count, trits))]
         with m.If(pk_full & self.act.ready):
             m.d.sync += pk_full.eq(0)
         with m.If(take):
-            m.d.sync += pk_word[pk_pos].eq(Mux(pk_vals != 0, vu.xq.payload, 0))
+            for j in range(trits):
+                with m.If(pk_vals == 0):
+                    with m.If(j >= pk_pos):
+                        m.d.sync += pk_word[j].eq(0)
+                for k in range(min(lanes_v, j + 1)):
+                    with m.Elif((pk_pos == j - k) & (k < xq.count)):
+                        m.d.sync += pk_word[j].eq(xq.values[k])
             with m.If(pk_vals != 0):
-                m.d.sync += pk_vals.eq(pk_vals - 1)
-            with m.If(pk_pos == trits - 1):
+                m.d.sync += pk_vals.eq(pk_vals - xq.count)
+            with m.If(pk_next == trits):
                 m.d.sync += [pk_pos.eq(0), pk_full.eq(1), pk_fill.eq(pk_fill - 1)]
             with m.Else():
-                m.d.sync += pk_pos.eq(pk_pos + 1)
+                m.d.sync += pk_pos.eq(pk_next)
         packing = (pk_fill != 0) | pk_full
 
         # -- the vector unit's `ext` input: engine tiles (matvec) or embedding values (embed) ---
@@ -254,10 +272,11 @@ class LMCore(wiring.Component):
         # the embedding reader: read, then the product into a register, then `ext` (one value a
         # cycle while `ext` takes them; a byte waits on the read port while the register is full)
         emb_capture, emb_issue = Signal(), Signal()
+        emb_n, emb_base = Signal.like(n), Signal.like(row_base)      # the running embed's, from ISSUE
         with m.If(ext_from_embed):
             m.d.comb += [emb_capture.eq(emb_pend & (~emb_full | vu.ext.ready)),
-                         emb_issue.eq(~(emb_pend & ~emb_capture) & (emb_i < n)),
-                         emb_rd.addr.eq(row_base + emb_i), emb_rd.en.eq(emb_issue),
+                         emb_issue.eq(~(emb_pend & ~emb_capture) & (emb_i < emb_n)),
+                         emb_rd.addr.eq(emb_base + emb_i), emb_rd.en.eq(emb_issue),
                          vu.ext.valid.eq(emb_full), vu.ext.payload.eq(emb_val)]
             with m.If(emb_capture):
                 m.d.sync += [emb_val.eq(emb_rd.data * scl_rd.data), emb_full.eq(1)]
@@ -277,6 +296,29 @@ class LMCore(wiring.Component):
         def finish_fault(code):
             m.d.sync += fault.eq(code)
             m.next = "FAULT"
+
+        def check():
+            """The checks of `ins` (its slot entry on `self.slot`), then where it goes."""
+            with m.If(~known):
+                finish_fault(P.Err.UNKNOWN_OP)
+            with m.Elif(pairing_bad | range_bad):
+                finish_fault(P.Err.OUT_OF_RANGE)
+            with m.Elif((is_q | is_mv) & ~slot_in_range):
+                finish_fault(P.Err.BAD_SLOT)
+            with m.Elif((is_q | is_mv) & ~slot_set):
+                finish_fault(P.Err.EMPTY_SLOT)
+            with m.Elif((is_q | is_mv) & size_bad):
+                finish_fault(P.Err.OUT_OF_RANGE)
+            with m.Elif(is_q):
+                m.next = "ENGINE"
+            with m.Else():
+                m.d.sync += [emb_i.eq(0), emb_pend.eq(0), emb_full.eq(0), pending_q.eq(0)]
+                m.next = "ISSUE"
+
+        # while an instruction runs (EXEC), the next is fetched, decoded and its slot looked up
+        # (`pre` counts those steps: 3 = ready to check); it issues as the unit finishes
+        pre = Signal(range(4))
+        exec_tiles, exec_embed = Signal(), Signal()
 
         with m.FSM():
             with m.State("IDLE"):
@@ -309,21 +351,7 @@ class LMCore(wiring.Component):
             with m.State("SLOT"):          # the slot table answers `ins.c` next cycle
                 m.next = "CHECK"
             with m.State("CHECK"):
-                with m.If(~known):
-                    finish_fault(P.Err.UNKNOWN_OP)
-                with m.Elif(pairing_bad | range_bad):
-                    finish_fault(P.Err.OUT_OF_RANGE)
-                with m.Elif((is_q | is_mv) & ~slot_in_range):
-                    finish_fault(P.Err.BAD_SLOT)
-                with m.Elif((is_q | is_mv) & ~slot_set):
-                    finish_fault(P.Err.EMPTY_SLOT)
-                with m.Elif((is_q | is_mv) & size_bad):
-                    finish_fault(P.Err.OUT_OF_RANGE)
-                with m.Elif(is_q):
-                    m.next = "ENGINE"
-                with m.Else():
-                    m.d.sync += [emb_i.eq(0), emb_pend.eq(0), emb_full.eq(0), pending_q.eq(0)]
-                    m.next = "ISSUE"
+                check()
             with m.State("ENGINE"):        # quant: the engine takes its product's command first
                 m.d.comb += [self.cmd.valid.eq(1), self.cmd.payload.base.eq(self.slot.base),
                              self.cmd.payload.rows.eq(self.slot.rows), self.cmd.payload.chunks.eq(self.slot.chunks)]
@@ -334,12 +362,22 @@ class LMCore(wiring.Component):
             with m.State("ISSUE"):
                 m.d.comb += vu.instr.valid.eq(1)
                 with m.If(vu.instr.ready):
-                    m.d.sync += pc.eq(pc + 1)
+                    m.d.sync += [pc.eq(pc + 1), pre.eq(0), exec_tiles.eq(is_mv), exec_embed.eq(is_emb),
+                                 emb_n.eq(n), emb_base.eq(row_base)]
                     m.next = "EXEC"
             with m.State("EXEC"):
-                m.d.comb += [ext_from_tiles.eq(ins.op == VOp.MATVEC), ext_from_embed.eq(ins.op == VOp.EMBED)]
+                m.d.comb += [ext_from_tiles.eq(exec_tiles), ext_from_embed.eq(exec_embed), prog_rd.addr.eq(pc)]
+                with m.If((pre == 0) & (pc != end_pc)):      # fetch (the program's end: FETCH decides)
+                    m.d.sync += pre.eq(1)
+                with m.Elif(pre == 1):                       # decode
+                    m.d.sync += [ins.eq(prog_rd.data), pre.eq(2)]
+                with m.Elif(pre == 2):                       # the slot table answers `ins.c`
+                    m.d.sync += pre.eq(3)
                 with m.If(~vu.busy):
-                    m.next = "FETCH"
+                    with m.If(pre == 3):
+                        check()
+                    with m.Else():
+                        m.next = "FETCH"
             with m.State("PROMPT"):
                 m.d.comb += self.prompt.ready.eq(1)
                 with m.If(self.prompt.valid):

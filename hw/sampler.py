@@ -2,8 +2,9 @@
 
 :class:`TokenSampler` reads the Q16.16 logits from the vector memory (through the vector unit's
 ``peek`` / ``word`` streams), picks the next token bit for bit as ``choose_token`` does and keeps
-the xorshift32 state from one choice to the next. It is sequential and small: one read in
-flight, a few passes over the logits, one subtractor and one comparator on the logits, a
+the xorshift32 state from one choice to the next. It is sequential and small: a few passes over
+the logits (the max and count passes request a logit every cycle; the sum and pick passes read
+one at a time), one subtractor and one comparator on the logits, a
 shift-and-add multiplier for ``(max - logit) * inv_temperature`` (:class:`ExpWeight`) and
 another for the draw's ``(state * sum) >> 32``, the 256-entry exp2 table in a ROM.
 :func:`choice_model` is the same algorithm in plain Python with its exact cycle count (the tests
@@ -282,8 +283,9 @@ class TokenSampler(wiring.Component):
         (addresses wrap at ``2**addr_bits``). Taken when not busy. ``vocab = 0`` is answered with
         token 0 at once, nothing read and the state unchanged.
     peek : Out(stream of an address)
-        Read requests, one address per transfer; the next only after the word of the last one
-        has been taken (one read in flight).
+        Read requests, one address per transfer: in the max and count passes one every cycle the
+        port takes it, with any number in flight; in the sum and pick passes the next only after
+        the word of the last one has been taken.
     word : In(stream of signed(32))
         The word at each requested address, in request order, any number (>= 1) of cycles after
         its request.
@@ -297,9 +299,9 @@ class TokenSampler(wiring.Component):
     the start's transfer to the token's (``V = vocab``, ``W = bit_length(inv_temperature) + 4``
     the cycles of one weight; :func:`choice_model` gives it exactly)::
 
-        greedy:    V (L + 1) + 2
-        sampling:  V (L + 1) + 2                 max pass, then the search's end
-                 + P (V (L + 1) + 2)             P count passes (top-k only)
+        greedy:    V + L + 2
+        sampling:  V + L + 2                     max pass, then the search's end
+                 + P (V + L + 2)                 P count passes (top-k only)
                  + V (L + 1) + W C               sum pass: C candidates
                  + 34                            the draw: a xorshift32 step, a 32-cycle product
                  + I (L + 1) + W C_I + 1         pick pass over the first I logits (the pick the
@@ -310,8 +312,8 @@ class TokenSampler(wiring.Component):
     256``: one per bit of the zero-weight bound ``Z``, see the module's docstring), fewer when a
     count equals ``top_k`` (on distinct logits the search typically stops once a probe falls in
     the gap between the k-th and the next logit).
-    E.g. ``V = 256``, ``L = 2``, ``inv_temperature = 256`` (``W = 13``): greedy 770 cycles; no
-    top-k at most 8,997; top-k 40 at most 19,551 (21 count passes, reached only when more than
+    E.g. ``V = 256``, ``L = 2``, ``inv_temperature = 256`` (``W = 13``): greedy 260 cycles; no
+    top-k at most 8,487; top-k 40 at most 8,331 (21 count passes, reached only when more than
     ``top_k`` logits tie at the max). ``vocab = 0``: 1 cycle.
     """
 
@@ -343,6 +345,7 @@ class TokenSampler(wiring.Component):
         cmd = Signal(self.start_layout)
         kind = Signal(_Pass)
         idx = Signal(range(V + 1))                 # the logit being read, in this pass
+        req = Signal(range(V + 1))                 # the next logit to request (max and count passes)
         zmax = Signal(signed(32))
         arg, tok = Signal(range(V)), Signal(range(V))
         # Every test is on d = max - z, through one subtractor and one comparison with `ref`.
@@ -379,20 +382,15 @@ class TokenSampler(wiring.Component):
         m.d.comb += zero_from.eq(Const(PRODUCT_CLAMP, _D_BITS) >> top)
 
         def begin(pass_kind):
-            m.d.sync += [kind.eq(pass_kind), idx.eq(0), ties_seen.eq(0)]
-            m.next = "READ"
+            m.d.sync += [kind.eq(pass_kind), idx.eq(0), req.eq(0), ties_seen.eq(0)]
+            m.next = "STREAM" if pass_kind in (_Pass.MAX, _Pass.COUNT) else "READ"
 
-        def advance():
+        def advance():      # the sum and pick passes' next logit
             with m.If(idx + 1 == cmd.vocab):
-                with m.Switch(kind):
-                    with m.Case(_Pass.MAX):
-                        m.next = "MAX_END"
-                    with m.Case(_Pass.COUNT):
-                        m.next = "COUNT_END"
-                    with m.Case(_Pass.SUM):
-                        m.next = "DRAW"
-                    with m.Case(_Pass.PICK):    # not reached: the last candidate's sum exceeds target
-                        m.next = "OFFER"
+                with m.If(kind == _Pass.SUM):
+                    m.next = "DRAW"
+                with m.Else():              # not reached: the last candidate's sum exceeds target
+                    m.next = "OFFER"
             with m.Else():
                 m.d.sync += idx.eq(idx + 1)
                 m.next = "READ"
@@ -410,35 +408,41 @@ class TokenSampler(wiring.Component):
                     with m.Else():
                         begin(_Pass.MAX)
 
-            # -- one logit: request it, take its word -----------------------------------------
+            # -- max and count passes: a request every cycle, each word taken as it comes -------
+            with m.State("STREAM"):
+                m.d.comb += [self.peek.valid.eq(req != cmd.vocab), self.peek.payload.eq(cmd.base + req),
+                             self.word.ready.eq(1)]
+                with m.If(self.peek.valid & self.peek.ready):
+                    m.d.sync += req.eq(req + 1)
+                with m.If(self.word.valid):
+                    with m.If(kind == _Pass.MAX):
+                        # strictly greater (d < 0): the lowest id wins a tie
+                        with m.If((idx == 0) | (d < 0)):
+                            m.d.sync += [zmax.eq(z), arg.eq(idx)]
+                    with m.Else():
+                        m.d.sync += count.eq(count + (diff <= 0))
+                    with m.If((idx + 1 == cmd.vocab) & (kind == _Pass.MAX)):
+                        m.next = "MAX_END"
+                    with m.Elif(idx + 1 == cmd.vocab):
+                        m.next = "COUNT_END"
+                    with m.Else():
+                        m.d.sync += idx.eq(idx + 1)
+
+            # -- sum and pick passes: one logit at a time (a candidate's weight takes cycles) ---
             with m.State("READ"):
                 m.d.comb += self.peek.valid.eq(1)
                 with m.If(self.peek.ready):
                     m.next = "WAIT"
             with m.State("WAIT"):
-                with m.Switch(kind):
-                    with m.Case(_Pass.MAX):
-                        m.d.comb += self.word.ready.eq(1)
-                        # strictly greater (d < 0): the lowest id wins a tie
-                        with m.If(self.word.valid & ((idx == 0) | (d < 0))):
-                            m.d.sync += [zmax.eq(z), arg.eq(idx)]
-                        with m.If(self.word.valid):
-                            advance()
-                    with m.Case(_Pass.COUNT):
-                        m.d.comb += self.word.ready.eq(1)
-                        with m.If(self.word.valid):
-                            m.d.sync += count.eq(count + (diff <= 0))
-                            advance()
-                    with m.Default():   # SUM, PICK: a candidate's word goes on to the weight
-                        m.d.comb += [self.word.ready.eq(weight.req.ready),
-                                     weight.req.valid.eq(self.word.valid & candidate)]
-                        with m.If(self.word.valid & weight.req.ready):
-                            with m.If(diff == 0):       # (counted always, used when filtering)
-                                m.d.sync += ties_seen.eq(ties_seen + 1)
-                            with m.If(candidate):
-                                m.next = "WEIGHT"
-                            with m.Else():
-                                advance()
+                m.d.comb += [self.word.ready.eq(weight.req.ready),
+                             weight.req.valid.eq(self.word.valid & candidate)]
+                with m.If(self.word.valid & weight.req.ready):
+                    with m.If(diff == 0):       # (counted always, used when filtering)
+                        m.d.sync += ties_seen.eq(ties_seen + 1)
+                    with m.If(candidate):
+                        m.next = "WEIGHT"
+                    with m.Else():
+                        advance()
             with m.State("WEIGHT"):
                 m.d.comb += weight.res.ready.eq(1)
                 with m.If(weight.res.valid):
@@ -510,8 +514,8 @@ def choice_model(logits, params, rng_state, *, latency=1):
     V = len(z)
     if V == 0:
         return 0, rng_state, 1, 0
-    element = latency + 1
-    cycles = V * element + 1                                       # max pass, MAX_END
+    element = latency + 1                                          # a read in the sum and pick passes
+    cycles = V + latency + 1                                       # max pass (pipelined reads), MAX_END
     zmax = max(z)
     if params.inv_temperature == 0:
         return z.index(zmax), rng_state, cycles + 1, 0             # OFFER
@@ -522,7 +526,7 @@ def choice_model(logits, params, rng_state, *, latency=1):
     while lo != hi:                                                # SEARCH, a count pass, COUNT_END
         mid = (lo + hi) >> 1
         count = sum(v <= mid for v in d)
-        cycles += V * element + 2
+        cycles += V + latency + 2
         passes += 1
         if count > k:
             hi = mid

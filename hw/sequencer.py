@@ -309,6 +309,22 @@ class CommandSequencer(wiring.Component):
             with m.If(c.reply_header(c.op | P.REPLY, 0)):
                 m.next = "DONE"
 
+    @staticmethod
+    def _gather_bytes(c, prefix, value, count, nbytes, then):
+        """States ``{prefix}_READ`` / ``{prefix}_BYTE``: the payload's next ``nbytes`` bytes (from
+        ``c.rd_idx``, ``count`` counting them from 0) shifted into the top of ``value``, little-endian;
+        then state ``then``. A byte every two cycles (the buffer's read, then its data)."""
+        m = c.m
+        with m.State(f"{prefix}_READ"):
+            m.d.comb += c.buffer.addr.eq(c.rd_idx)
+            m.next = f"{prefix}_BYTE"
+        with m.State(f"{prefix}_BYTE"):
+            m.d.sync += [value.eq(Cat(value[8:], c.buffer.data)), c.rd_idx.eq(c.rd_idx + 1), count.eq(count + 1)]
+            with m.If(count == nbytes - 1):
+                m.next = then
+            with m.Else():
+                m.next = f"{prefix}_READ"
+
     def _write_weights(self, c):
         """WRITE_WEIGHTS: the range check (words counted by stepping through the payload), then
         each word gathered from the buffer and written into the engine."""
@@ -325,15 +341,7 @@ class CommandSequencer(wiring.Component):
             with m.Else():
                 m.d.sync += [c.rd_idx.eq(P.WRITE_WEIGHTS_HEADER.size), count.eq(0)]
                 m.next = "WW_READ"
-        with m.State("WW_READ"):
-            m.d.comb += c.buffer.addr.eq(c.rd_idx)
-            m.next = "WW_BYTE"
-        with m.State("WW_BYTE"):
-            m.d.sync += [word.eq(Cat(word[8:], c.buffer.data)), c.rd_idx.eq(c.rd_idx + 1), count.eq(count + 1)]
-            with m.If(count == word_bytes - 1):
-                m.next = "WW_WRITE"
-            with m.Else():
-                m.next = "WW_READ"
+        self._gather_bytes(c, "WW", word, count, word_bytes, "WW_WRITE")
         with m.State("WW_WRITE"):
             m.d.comb += [eng.wr.valid.eq(1), eng.wr.payload.addr.eq(waddr), eng.wr.payload.data.eq(word[:p.word_bits])]
             with m.If(eng.wr.ready):
@@ -455,15 +463,7 @@ class CommandSequencer(wiring.Component):
             with m.Else():
                 m.d.sync += [c.rd_idx.eq(P.WRITE_MEM_HEADER.size), count.eq(0)]
                 m.next = "WM_READ"
-        with m.State("WM_READ"):
-            m.d.comb += c.buffer.addr.eq(c.rd_idx)
-            m.next = "WM_BYTE"
-        with m.State("WM_BYTE"):
-            m.d.sync += [element.eq(Cat(element[8:], c.buffer.data)), c.rd_idx.eq(c.rd_idx + 1), count.eq(count + 1)]
-            with m.If(count == ebytes - 1):
-                m.next = "WM_WRITE"
-            with m.Else():
-                m.next = "WM_READ"
+        self._gather_bytes(c, "WM", element, count, ebytes, "WM_WRITE")
         with m.State("WM_WRITE"):
             written = Signal()
             m.d.comb += [core.prog_wr.payload.addr.eq(mem_addr), core.prog_wr.payload.data.eq(element),

@@ -18,7 +18,7 @@ from ..sim import golden, lmstep
 from ..sim.golden import TritiumValueError
 from .params import rejected
 
-__all__ = ["VOp", "instruction_layout", "encode", "decode", "SerialDivider", "SerialSqrt", "VectorUnit"]
+__all__ = ["VOp", "xq_layout", "instruction_layout", "encode", "decode", "SerialDivider", "SerialSqrt", "VectorUnit"]
 
 class VOp(enum.Enum, shape=4):
     """The vector unit's operations (:data:`tritium.sim.lmstep.OPCODES` gives their arithmetic)."""
@@ -42,6 +42,11 @@ class VOp(enum.Enum, shape=4):
 LANES = (1, 2)
 #: Width of an instruction's element count (up to :data:`golden.MAX_VECTOR`).
 COUNT_BITS = golden.MAX_VECTOR.bit_length()
+
+
+def xq_layout(lanes):
+    """A transfer of ``quant`` activations: ``values`` (``lanes`` int8), the first ``count`` valid."""
+    return data.StructLayout({"values": data.ArrayLayout(signed(8), lanes), "count": range(lanes + 1)})
 
 
 def instruction_layout(*, addr_bits, caddr_bits):
@@ -253,28 +258,35 @@ class VectorUnit(wiring.Component):
         Words of vector memory (int32).
     cmem_depth : int
         Constant mantissas (int8).
+    lanes : int
+        1 or 2: elements per cycle of an elementwise instruction whose ``dst``, ``a``, ``b`` and
+        ``c`` are multiples of ``lanes``, and of a ``quant`` whose ``a`` is (others take one per
+        cycle). Speed only: every result is the same.
 
     Members
     -------
     instr : In(stream of :func:`instruction_layout`)
         Taken when the unit is idle (``ready``); the next is taken once it has finished. An
-        elementwise instruction streams one element per cycle (``n + 9`` cycles with no stall: a 6-stage
-        pipeline and two cycles of reduction);
-        ``quant`` first normalises ``M`` and divides (about 40 cycles), ``gain`` normalises,
-        takes a 62-bit root and divides (about 110 cycles); a ``quant`` with ``imm != 0`` does
-        its ``gain`` after the activations have left (while the engine works on them).
+        elementwise instruction streams one element (or ``lanes``) per cycle: ``ceil(n / lanes)
+        + 10`` cycles with no stall (a 7-stage pipeline, two cycles of reduction); ``quant``
+        first normalises ``M`` and divides (about 40 cycles), ``gain`` normalises, takes a
+        62-bit root and divides (about 110 cycles); a ``quant`` with ``imm != 0`` takes its
+        ``gain`` while its activations stream, and ends when both are done.
     ext : In(stream of signed(32))
         The ``n`` values an ``embed`` or ``matvec`` instruction writes to ``dst``, in order, one
         per cycle; a rescaling ``matvec`` (``imm != 0``) takes them through the pipeline (one per
-        cycle, written 6 cycles later).
-    xq : Out(stream of signed(8))
-        The ``n`` activations of a ``quant`` instruction, in order; the unit stalls while
-        ``xq`` is not ready.
+        cycle, written 7 cycles later).
+    xq : Out(stream of :func:`xq_layout`)
+        The ``n`` activations of a ``quant`` instruction, in order: ``count`` of them a transfer
+        in ``values[0 .. count-1]`` (``lanes`` when ``a`` is aligned, the last transfer perhaps
+        fewer; else one); the unit stalls while ``xq`` is not ready.
     cload : In(stream: ``addr``, ``data`` (signed 8))
         Writes the constant memory (while idle).
     peek : In(stream of a vector address)
-        Reads one word of vector memory while idle (an instruction waiting goes first);
-        the word is offered on ``word`` two cycles after, from a register.
+        Reads one element of vector memory while idle, one request a cycle while the words are
+        taken (two in flight at most); each word is offered on ``word`` two cycles after its
+        request, from a register, in request order. An instruction waiting stops new requests
+        and is taken once the words in flight have been.
     word : Out(stream of signed(32))
     busy : Out(1)
         High from an instruction's acceptance until it has finished.
@@ -293,7 +305,7 @@ class VectorUnit(wiring.Component):
         super().__init__({
             "instr": In(stream.Signature(self.layout)),
             "ext": In(stream.Signature(signed(32))),
-            "xq": Out(stream.Signature(signed(8))),
+            "xq": Out(stream.Signature(xq_layout(lanes))),
             "cload": In(stream.Signature(data.StructLayout({"addr": self.caddr_bits, "data": signed(8)}))),
             "peek": In(stream.Signature(self.addr_bits)),
             "word": Out(stream.Signature(signed(32))),
@@ -346,14 +358,15 @@ class VectorUnit(wiring.Component):
         issue = Signal(COUNT_BITS + 1)
         wcount = Signal(COUNT_BITS + 1)
         advance = Signal()
+        gain_go, gain_busy = Signal(), Signal()
         wide = Signal()                     # this instruction streams L elements per issue
 
-        # -- pipeline: issue -> S1 (operands) -> S2 (select) -> S3 (product) -> S4 (round: add)
-        #    -> S5 (round: shift, saturate) -> S6 (addend, saturate, write); then the reductions
+        # -- pipeline: issue -> S0 (the words read, registered) -> S1 (operands) -> S2 (select) -> S3 (product)
+        #    -> S4 (round: add) -> S5 (round: shift, saturate) -> S6 (addend, saturate, write); then the reductions
         #    fold in two more cycles. Every stage moves together (`advance`): only `xq` stalls it.
         #    Lane k of a wide issue is element idx + k; otherwise lane 0 alone carries element idx,
         #    its operands picked out of their words by their own lanes (sel).
-        v = [Signal(L, name=f"v{k}") for k in range(1, 7)]               # v[0] is S1 ... v[5] is S6
+        v = [Signal(L, name=f"v{k}") for k in range(1, 7)]   # v[0]: the read; then S0 (v0r); v[1] is S1 ... v[5] S6
         idx = [Signal(COUNT_BITS, name=f"i{k}") for k in range(1, 7)]
         sel_a, sel_b, sel_c = (Signal(max(1, lane_bits), name=f"sel_{x}") for x in "abc")
         a2 = [Signal(signed(32), name=f"a2_{k}") for k in range(L)]
@@ -381,15 +394,33 @@ class VectorUnit(wiring.Component):
         peek_lane = Signal(max(1, lane_bits))
         op = cur.op
 
-        m.d.comb += [self.busy.eq(running | ~self.instr.ready)]
-        # S1: the operands (read last cycle); the sigmoid table's address; fgate's lower bound
+        # peeks (idle only): the read in flight (p1: its word on the RAM port), then the word in
+        # a register (p2: offered on `word`); a read every cycle while the words are taken
+        p1, p2 = Signal(), Signal()
+        move = Signal()
+        m.d.comb += [move.eq(p1 & (~p2 | self.word.ready)), self.word.valid.eq(p2), self.word.payload.eq(peek_word)]
+        with m.If(move):
+            m.d.sync += [peek_word.eq(lane_value(ra.data, peek_lane, 32)), p2.eq(1)]
+        with m.Elif(self.word.ready):
+            m.d.sync += p2.eq(0)
+        m.d.sync += p1.eq(self.peek.valid & self.peek.ready | (p1 & ~move))
+        # S0: the words read last cycle, registered as they leave the memories (a block RAM's
+        # output is slow); S1: the operands picked out of them, the sigmoid table's address,
+        # fgate's lower bound
+        v0r, idx0r = Signal(L), Signal(COUNT_BITS)
+        ra_q, rb_q, rc_q = Signal.like(ra.data), Signal.like(rb.data), Signal.like(rc.data)
+        sel_ar, sel_br, sel_cr = Signal.like(sel_a), Signal.like(sel_b), Signal.like(sel_c)
+        ext_qr = Signal.like(ext_q)
+        with m.If(advance):
+            m.d.sync += [v0r.eq(v[0]), idx0r.eq(idx[0]), ra_q.eq(ra.data), rb_q.eq(rb.data), rc_q.eq(rc.data),
+                         sel_ar.eq(sel_a), sel_br.eq(sel_b), sel_cr.eq(sel_c), ext_qr.eq(ext_q)]
         a1 = [Signal(signed(32), name=f"a1_{k}") for k in range(L)]
         b1 = [Signal(signed(32), name=f"b1_{k}") for k in range(L)]
         c1 = [Signal(signed(8), name=f"c1_{k}") for k in range(L)]
         for k in range(L):
-            sa, sb, sc = (k, k, k) if k else (Mux(wide, 0, sel_a), Mux(wide, 0, sel_b), Mux(wide, 0, sel_c))
-            m.d.comb += [a1[k].eq(lane_value(ra.data, sa, 32)), b1[k].eq(lane_value(rb.data, sb, 32)),
-                         c1[k].eq(lane_value(rc.data, sc, 8))]
+            sa, sb, sc = (k, k, k) if k else (Mux(wide, 0, sel_ar), Mux(wide, 0, sel_br), Mux(wide, 0, sel_cr))
+            m.d.comb += [a1[k].eq(lane_value(ra_q, sa, 32)), b1[k].eq(lane_value(rb_q, sb, 32)),
+                         c1[k].eq(lane_value(rc_q, sc, 8))]
         # clamp((a >> SHIFT) + ENTRIES/2, 0, ENTRIES-1) without an adder: the shifted value is in
         # range exactly when the bits above it are all equal (its sign extension), and adding
         # ENTRIES/2 then flips its top bit; outside, the sign picks the first or the last entry
@@ -402,9 +433,9 @@ class VectorUnit(wiring.Component):
                                                          ~a1[k][golden.SIGMOID_SHIFT + ib - 1]),
                                            Mux(a1[k][-1], 0, golden.SIGMOID_ENTRIES - 1)))]
         with m.If(advance):
-            m.d.sync += [v[1].eq(v[0]), idx[1].eq(idx[0])]
+            m.d.sync += [v[1].eq(v0r), idx[1].eq(idx0r)]
             for k in range(L):
-                m.d.sync += [a2[k].eq(Mux(from_ext, ext_q, a1[k]) if k == 0 else a1[k]), b2[k].eq(b1[k]),
+                m.d.sync += [a2[k].eq(Mux(from_ext, ext_qr, a1[k]) if k == 0 else a1[k]), b2[k].eq(b1[k]),
                              b2r[k].eq(_sat32(m, golden.FIX_ONE - b1[k], f"one_minus_b_{k}")), c2[k].eq(c1[k]),
                              lb[k].eq(_lower_bound(m, c1[k], cur.shift - golden.FIX_FRAC))]
         # S2: pick the product's operands, its shift and an addend: one signed 32 x 32 product
@@ -415,8 +446,9 @@ class VectorUnit(wiring.Component):
         addend = [Signal(signed(33), name=f"addend_{k}") for k in range(L)]
         use_direct, sh = Signal(), Signal(signed(10))
         sig = [rs[k].data for k in range(L)]
-        un = Signal(signed(34))
-        m.d.comb += un.eq(Mux(qs >= 0, a2[0] >> qs.as_unsigned()[:6], a2[0] << (-qs).as_unsigned()[:5]))
+        un = [Signal(signed(34), name=f"un_{k}") for k in range(L)]
+        m.d.comb += [un[k].eq(Mux(qs >= 0, a2[k] >> qs.as_unsigned()[:6], a2[k] << (-qs).as_unsigned()[:5]))
+                     for k in range(L)]
         with m.Switch(op):
             with m.Case(VOp.MULC):
                 m.d.comb += sh.eq(cur.shift)
@@ -441,8 +473,9 @@ class VectorUnit(wiring.Component):
             with m.Case(VOp.RESCALE, VOp.MATVEC):
                 m.d.comb += sh.eq(reg_gs)
                 m.d.comb += [s for k in range(L) for s in (x[k].eq(a2[k]), y[k].eq(reg_g))]
-            with m.Case(VOp.QUANT):         # never wide: lane 0
-                m.d.comb += [x[0].eq(un), y[0].eq(q), sh.eq(golden.RECIP_SHIFT)]
+            with m.Case(VOp.QUANT):
+                m.d.comb += sh.eq(golden.RECIP_SHIFT)
+                m.d.comb += [s for k in range(L) for s in (x[k].eq(un[k]), y[k].eq(q))]
             with m.Case(VOp.SIGMOID):
                 m.d.comb += use_direct.eq(1)
                 m.d.comb += [direct[k].eq(sig[k]) for k in range(L)]
@@ -472,17 +505,19 @@ class VectorUnit(wiring.Component):
                     m.d.sync += [s5.eq(sa), pos5.eq(posa)]
         # S6: add, saturate, write (or offer the activation); hand the values to the reductions
         result = [_sat32(m, r6[k] + add[3][k], f"result_{k}") for k in range(L)]
-        qv = Signal(signed(8))
-        with m.If(r6[0] > 127):
-            m.d.comb += qv.eq(127)
-        with m.Elif(r6[0] < -127):
-            m.d.comb += qv.eq(-127)
-        with m.Else():
-            m.d.comb += qv.eq(r6[0])
+        for k in range(L):
+            qv = self.xq.payload.values[k]
+            with m.If(r6[k] > 127):
+                m.d.comb += qv.eq(127)
+            with m.Elif(r6[k] < -127):
+                m.d.comb += qv.eq(-127)
+            with m.Else():
+                m.d.comb += qv.eq(r6[k])
         is_quant = op == VOp.QUANT
         last = v[5]
-        m.d.comb += [self.xq.payload.eq(qv), self.xq.valid.eq(last[0] & is_quant & running),
-                     advance.eq(~(last[0] & is_quant & ~self.xq.ready))]
+        m.d.comb += [self.xq.payload.count.eq(sum(last[k] for k in range(L))),
+                     self.xq.valid.eq(last.any() & is_quant & running),
+                     advance.eq(~(last.any() & is_quant & ~self.xq.ready))]
         m.d.sync += red_v.eq(0)
         with m.If(last.any() & advance & running):
             m.d.sync += wcount.eq(wcount + sum(last[k] for k in range(L)))
@@ -535,16 +570,15 @@ class VectorUnit(wiring.Component):
 
         m.d.comb += [div.res.ready.eq(1), sqrt.res.ready.eq(1)]
 
-        with m.FSM():
+        with m.FSM() as fsm:
             with m.State("IDLE"):
-                m.d.comb += [self.instr.ready.eq(1), self.cload.ready.eq(1),
+                m.d.comb += [self.instr.ready.eq(~p1 & ~p2), self.cload.ready.eq(1),
                              cw.en.eq(Mux(self.cload.valid, one_hot(lane_of(caddr)), 0)),
-                             self.peek.ready.eq(~self.instr.valid)]
-                with m.If(self.peek.valid & ~self.instr.valid):
+                             self.peek.ready.eq(~self.instr.valid & (~p1 | move)), ra.en.eq(~p1 | move)]
+                with m.If(self.peek.valid & self.peek.ready):
                     m.d.comb += ra.addr.eq(word_of(self.peek.payload))
                     m.d.sync += peek_lane.eq(lane_of(self.peek.payload))
-                    m.next = "PEEK"
-                with m.If(self.instr.valid):
+                with m.If(self.instr.valid & ~p1 & ~p2):
                     p = self.instr.payload
                     m.d.sync += [cur.eq(p), issue.eq(0), wcount.eq(0), wide.eq(0)]
                     with m.If(p.red == lmstep.RED_MAX):
@@ -558,23 +592,17 @@ class VectorUnit(wiring.Component):
                                 m.next = "RUN"
                             with m.Elif(p.n != 0):
                                 m.next = "EXT"
-                        with m.Case(VOp.QUANT):
-                            m.d.sync += [nx.eq(reg_m), ns.eq(0)]
+                        with m.Case(VOp.QUANT):     # wide when `a` is aligned
+                            m.d.sync += [nx.eq(reg_m), ns.eq(0), wide.eq(lane_of(p.a) == 0 if L > 1 else 0)]
                             m.next = "Q_NORM"
                         with m.Case(VOp.GAIN):
                             m.d.sync += [nx.eq(reg_m), ns.eq(0)]
-                            m.next = "G_NORM_M"
+                            m.d.comb += gain_go.eq(1)
+                            m.next = "GAIN"
                         with m.Default():   # elementwise: wide when every address is aligned
                             aligned = Cat(*(lane_of(f) == 0 for f in (p.dst, p.a, p.b, p.c))).all()
                             m.d.sync += [running.eq(1), wide.eq(aligned if L > 1 else 0)]
                             m.next = "RUN"
-            with m.State("PEEK"):      # the word is registered before it leaves (no RAM output path out)
-                m.d.sync += peek_word.eq(lane_value(ra.data, peek_lane, 32))
-                m.next = "PEEK_WORD"
-            with m.State("PEEK_WORD"):
-                m.d.comb += [self.word.valid.eq(1), self.word.payload.eq(peek_word)]
-                with m.If(self.word.ready):
-                    m.next = "IDLE"
             with m.State("EXT"):
                 m.d.comb += self.ext.ready.eq(1)
                 with m.If(self.ext.valid):
@@ -588,11 +616,11 @@ class VectorUnit(wiring.Component):
                 with m.If(wcount == cur.n):
                     m.d.sync += running.eq(0)
                     m.next = "DRAIN"
-            with m.State("DRAIN"):     # the last reduction terms land; a quant may take its gain
-                with m.If((op == VOp.QUANT) & (cur.imm != 0)):
-                    m.d.sync += [nx.eq(reg_m), ns.eq(0)]
-                    m.next = "G_NORM_M"
-                with m.Elif(~red_pending):
+            with m.State("DRAIN"):     # the last reduction terms land; a quant's gain ends
+                with m.If(~red_pending & ~gain_busy):
+                    m.next = "IDLE"
+            with m.State("GAIN"):
+                with m.If(~gain_busy):
                     m.next = "IDLE"
 
             # normalise nx to `bits` bits: shift right while too wide, left while too narrow
@@ -608,11 +636,18 @@ class VectorUnit(wiring.Component):
 
             with m.State("Q_NORM"):
                 normalise(golden.QUANT_NORM_BITS, "Q_DIV")
+            def stream_and_gain():   # the activations stream; the gain of imm != 0 alongside
+                m.d.sync += running.eq(1)
+                with m.If(cur.imm != 0):
+                    m.d.sync += [nx.eq(reg_m), ns.eq(0)]
+                    m.d.comb += gain_go.eq(1)
+                m.next = "RUN"
+
             with m.State("Q_DIV"):
                 m.d.sync += qs.eq(ns)
                 with m.If(nx == 0):
-                    m.d.sync += [q.eq(0), running.eq(1)]
-                    m.next = "RUN"
+                    m.d.sync += q.eq(0)
+                    stream_and_gain()
                 with m.Else():
                     m.d.comb += [div.req.valid.eq(1), div.req.payload.num.eq(127 << golden.RECIP_SHIFT),
                                  div.req.payload.den.eq(nx)]
@@ -620,9 +655,16 @@ class VectorUnit(wiring.Component):
                         m.next = "Q_WAIT"
             with m.State("Q_WAIT"):
                 with m.If(div.res.valid):
-                    m.d.sync += [q.eq(div.res.payload), running.eq(1)]
-                    m.next = "RUN"
+                    m.d.sync += q.eq(div.res.payload)
+                    stream_and_gain()
 
+
+        # the gain (`gain`, or a `quant` with imm != 0 while its activations stream): its own
+        # FSM, started by `gain_go` with nx = M, ns = 0; the divider is free by then
+        with m.FSM(name="gain") as gfsm:
+            with m.State("G_IDLE"):
+                with m.If(gain_go):
+                    m.next = "G_NORM_M"
             with m.State("G_NORM_M"):
                 normalise(golden.QUANT_NORM_BITS, "G_K")
             with m.State("G_K"):
@@ -643,7 +685,7 @@ class VectorUnit(wiring.Component):
             with m.State("G_SQRT"):
                 with m.If((nx == 0) | (mn == 0)):
                     m.d.sync += [reg_g.eq(0), reg_gs.eq(0)]
-                    m.next = "IDLE"
+                    m.next = "G_IDLE"
                 with m.Else():
                     m.d.comb += [sqrt.req.valid.eq(1), sqrt.req.payload.eq(nx)]
                     with m.If(sqrt.req.ready):
@@ -663,5 +705,7 @@ class VectorUnit(wiring.Component):
                 with m.If(div.res.valid):
                     m.d.sync += [reg_g.eq(div.res.payload),
                                  reg_gs.eq(golden.GAIN_SHIFT + cur.shift - ms + ns - kk)]
-                    m.next = "IDLE"
+                    m.next = "G_IDLE"
+        m.d.comb += gain_busy.eq(~gfsm.ongoing("G_IDLE"))
+        m.d.comb += self.busy.eq(running | ~fsm.ongoing("IDLE"))
         return m

@@ -44,12 +44,14 @@ def run_vector_program(dut, cmem, steps, *, seed=0, stall_prob=0.3, read=(), max
                             await ctx.tick()
                         await stream_put(ctx, dut.ext, int(v) & 0xFFFFFFFF)
                 elif op.code == "quant":
-                    got = []
-                    for _ in range(op.n):
+                    got, layout = [], dut.xq.payload.shape()
+                    while len(got) < op.n:
                         for _ in range(stalls()):
                             await ctx.tick()
-                        got.append(await stream_get(ctx, dut.xq))
-                    xq = np.array([v - 256 if v >= 128 else v for v in got], np.int64)
+                        t = layout.from_bits(await stream_get(ctx, dut.xq))
+                        got += [t.values[k] for k in range(t.count)]
+                    assert len(got) == op.n, f"quant gave {len(got)} activations for n = {op.n}"
+                    xq = np.array(got, np.int64)
                 while ctx.get(dut.busy):
                     await ctx.tick()
             cycles.append(clock[0] - start)

@@ -165,8 +165,8 @@ def test_exp_weight_rtl_matches_the_spec_at_the_edges():
 def _run_sampler(dut, jobs, *, seed, stall_prob=0.3, latency=(1, 4)):
     """Simulate ``dut`` on ``jobs``: ``("seed", state)`` loads the generator; ``(logits, params,
     base)`` writes the logits into a fake vector memory at ``base`` (wrapping) and makes one
-    choice. The memory answers each peek after ``latency`` (a range) cycles and refuses peeks at
-    random; ``start`` / ``seed`` come after random gaps, ``token.ready`` stalls at random.
+    choice. The memory answers each peek after ``latency`` (a range) cycles, in order, with any
+    number in flight, and refuses peeks at random; ``start`` / ``seed`` come after random gaps, ``token.ready`` stalls at random.
     Returns ``(results, problems)``: per choice ``(token, rng state after it, cycles from the
     start's transfer to the token's)``, and every breach of the contract seen."""
     rng = np.random.default_rng(seed)
@@ -177,26 +177,23 @@ def _run_sampler(dut, jobs, *, seed, stall_prob=0.3, latency=(1, 4)):
     results, problems = [], []
 
     async def memory(ctx):
-        pending, wait = None, 0
+        pending = []        # [address, cycles until its word is offered], in request order
         while True:
             ready = not (stall_prob and rng.random() < stall_prob)
-            offer = pending is not None and wait == 0
+            offer = bool(pending) and pending[0][1] == 0
             ctx.set(dut.peek.ready, ready)
             ctx.set(dut.word.valid, offer)
-            ctx.set(dut.word.payload, int(mem[pending]) if offer else int(rng.integers(G.INT32_MIN, G.INT32_MAX)))
+            ctx.set(dut.word.payload, int(mem[pending[0][0]]) if offer else int(rng.integers(G.INT32_MIN, G.INT32_MAX)))
             *_, peek_valid, addr, word_ready = await ctx.tick().sample(dut.peek.valid, dut.peek.payload,
                                                                        dut.word.ready)
-            took = offer and word_ready
+            if offer and word_ready:
+                pending.pop(0)
+            for entry in pending:
+                entry[1] = max(0, entry[1] - 1)
             if ready and peek_valid:
-                if pending is not None:
-                    problems.append(f"peek of {addr} while the word of {pending} was outstanding")
                 if (addr - window["base"]) % size >= window["n"]:
                     problems.append(f"peek of {addr} outside the logits")
-                pending, wait = addr, int(rng.integers(latency[0], latency[1] + 1)) - 1
-            elif took:
-                pending = None
-            elif pending is not None and wait:
-                wait -= 1
+                pending.append([addr, int(rng.integers(latency[0], latency[1] + 1)) - 1])
 
     async def driver(ctx):
         layout = dut.start_layout
@@ -364,22 +361,23 @@ def test_cycle_model_matches_simulation():
             _, state, cycles, _ = choice_model(z, params, state, latency=latency)
             expected.append(cycles)
         assert [c for _, _, c in results] == expected
-    # the docstring's formulas, by hand: greedy V (L + 1) + 2; sampling without top-k over all
-    # candidates 2 V (L + 1) + W V + 34 + I (L + 1 + W) + 3, the pick at id I - 1, W = 13 at
-    # inv_temperature 256; with top-k, P more passes of V (L + 1) + 2
+    # the docstring's formulas, by hand: greedy V + L + 2 (the max pass pipelined); sampling
+    # without top-k over all candidates (V + L) + V (L + 1) + W V + 34 + I (L + 1 + W) + 3, the
+    # pick at id I - 1, W = 13 at inv_temperature 256; with top-k, P more passes of V + L + 2
     z = np.zeros(7, np.int64)
-    assert choice_model(z, SP(0, 0), 99, latency=3)[2] == 7 * 4 + 2
+    assert choice_model(z, SP(0, 0), 99, latency=3)[2] == 7 + 3 + 2
     assert exp_weight_cycles(256) == 13 and exp_weight_cycles(65535) == 20 and exp_weight_cycles(1) == 5
     token, _, cycles, _ = choice_model(z, SP(256, 0), 99, latency=1)
-    assert cycles == 2 * 7 * 2 + 13 * 7 + 34 + (token + 1) * (2 + 13) + 3
+    assert cycles == (7 + 1) + 7 * 2 + 13 * 7 + 34 + (token + 1) * (2 + 13) + 3
     z = np.arange(7) * 65536
     token, _, cycles, passes = choice_model(z, SP(256, 3), 99, latency=1)
     # (the candidates are ids 4..6: the pick at id `token` had token - 3 of them up to it)
     assert passes > 0
-    assert cycles == 2 * 7 * 2 + passes * (7 * 2 + 2) + 13 * 3 + 34 + (token + 1) * 2 + 13 * (token - 3) + 3
+    assert cycles == (7 + 1) + 7 * 2 + passes * (7 + 1 + 2) + 13 * 3 + 34 + (token + 1) * 2 + 13 * (token - 3) + 3
 
 
-def test_sampler_reads_through_the_vector_unit():
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_sampler_reads_through_the_vector_unit(lanes):
     # Wired to the vector unit's own peek / word ports (wiring.connect: the signatures fit), the
     # logits in its memory: the spec's tokens and states, in exactly choice_model's cycles at L = 1
     from amaranth.hdl import Module
@@ -388,10 +386,11 @@ def test_sampler_reads_through_the_vector_unit():
     from tritium.hw.vector import VectorUnit
 
     rng = np.random.default_rng(18)
-    unit = VectorUnit(vmem_depth=64, cmem_depth=1)
+    unit = VectorUnit(vmem_depth=64, cmem_depth=1, lanes=lanes)
     dut = TokenSampler(max_vocab=32, addr_bits=unit.addr_bits)
     z = np.round(rng.normal(size=30) * 3 * 65536).astype(np.int64)
-    unit.vmem.init = [0] * 20 + [int(v) for v in z] + [0] * 14
+    elements = [0] * 20 + [int(v) & 0xFFFFFFFF for v in z] + [0] * 14     # lanes elements a word
+    unit.vmem.init = [sum(e << (32 * k) for k, e in enumerate(elements[i:i + lanes])) for i in range(0, 64, lanes)]
     top = Module()
     top.submodules.unit, top.submodules.sampler = unit, dut
     wiring.connect(top, dut.peek, unit.peek)

@@ -189,8 +189,10 @@ class LMCore(wiring.Component):
         # -- checks on the fetched instruction (`ins`, with its slot entry) ---------------------
         n = ins.n
         vdepth, cdepth = lm.vmem_depth, lm.cmem_depth
+        # the embedding row's first element, token * n: registered (the instruction and the
+        # token hold from its decode to its issue, and the checks come two cycles after the decode)
         row_base = Signal(range(256 * (1 << len(n))))
-        m.d.comb += row_base.eq(token * n)
+        m.d.sync += row_base.eq(token * n)
         known = op_raw <= max(v.value for v in VOp)
         is_q, is_mv, is_emb = ins.op == VOp.QUANT, ins.op == VOp.MATVEC, ins.op == VOp.EMBED
         elementwise = _one_of(ins.op, _ELEMENTWISE)

@@ -104,12 +104,15 @@ def image():
     return small_image()
 
 
-def test_the_device_generates_the_spec_tokens_greedy(image):
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_the_device_generates_the_spec_tokens_greedy(image, lanes):
+    # one- and two-lane vector units: the same tokens (the lanes change the speed only)
     prompt = [5, 17, 40]
     want, reason = spec_tokens(image, prompt, max_tokens=4)
-    fr = load_frames(Frames(), SMALL_ENGINE, SMALL_LM, image)
+    lm = LMParams(**{**SMALL_LM.as_dict(), "vector_lanes": lanes})
+    fr = load_frames(Frames(), SMALL_ENGINE, lm, image)
     fr.add(P.Op.GENERATE, P.generate_payload(bytes(prompt), max_tokens=4))
-    frames = gateware_replies(fr.frames)
+    frames = gateware_replies(fr.frames, lm=lm)
     assert all(op != P.ERROR for _, op, _ in frames), frames
     tokens, (op, end) = generation(frames, fr.seq)
     assert tokens == want
@@ -181,6 +184,8 @@ def _faulting_program(img, fault):
         return prog[:q] + [None] + prog[q:]
     if fault == "vector range":
         return prog[:q] + [Op("add", SMALL_LM.vmem_depth - 4, 0, 0, n=5)] + prog[q:]
+    if fault == "embed range":     # the prompt's token 5: (5 + 1) * 400 > embed_depth
+        return prog[:q] + [Op("embed", 0, n=400)] + prog[q:]
     if fault == "const range":
         return prog[:q] + [Op("mulc", 0, 0, n=8, c=SMALL_LM.cmem_depth - 4)] + prog[q:]
     if fault == "overlap":
@@ -203,6 +208,7 @@ def _faulting_program(img, fault):
 
 
 FAULTS = {"unknown": P.Err.UNKNOWN_OP, "vector range": P.Err.OUT_OF_RANGE, "const range": P.Err.OUT_OF_RANGE,
+          "embed range": P.Err.OUT_OF_RANGE,
           "overlap": P.Err.OUT_OF_RANGE, "reduction": P.Err.OUT_OF_RANGE, "unpaired quant": P.Err.OUT_OF_RANGE,
           "unpaired matvec": P.Err.OUT_OF_RANGE, "empty slot": P.Err.EMPTY_SLOT, "bad slot": P.Err.BAD_SLOT,
           "too many activations": P.Err.OUT_OF_RANGE, "wrong rows": P.Err.OUT_OF_RANGE}

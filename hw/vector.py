@@ -187,14 +187,17 @@ class SerialSqrt(wiring.Component):
 
 
 def _sat32(m, value, name):
-    """A comb signal: ``value`` (signed) saturated to int32."""
+    """A comb signal: ``value`` (signed) saturated to int32. In range exactly when the bits from
+    bit 31 up are all equal (a sign extension): a reduction, not a comparison's carry chain."""
     out = Signal(signed(32), name=name)
-    with m.If(value > golden.INT32_MAX):
-        m.d.comb += out.eq(golden.INT32_MAX)
-    with m.Elif(value < golden.INT32_MIN):
+    assert value.shape().signed, "saturating an unsigned value"
+    top = value[31:]
+    with m.If(top.all() | ~top.any()):
+        m.d.comb += out.eq(value[:32])
+    with m.Elif(value[-1]):
         m.d.comb += out.eq(golden.INT32_MIN)
     with m.Else():
-        m.d.comb += out.eq(value)
+        m.d.comb += out.eq(golden.INT32_MAX)
     return out
 
 

@@ -52,10 +52,8 @@ def out_layout():
 OUT_TOKEN, OUT_END, OUT_FAULT = 0, 1, 2
 
 _ELEMENTWISE = [VOp[c.upper()] for c in lmstep.ELEMENTWISE]
-_USES_A = [VOp.MULC, VOp.MUL, VOp.ADD, VOp.SIGMOID, VOp.SILU, VOp.RSUB, VOp.FGATE, VOp.QUANT, VOp.RESCALE,
-           VOp.SFGATE, VOp.MULR]
-_USES_B = [VOp.MUL, VOp.ADD, VOp.MULR]
-_USES_C = [VOp.MULC, VOp.FGATE, VOp.SFGATE]
+_USES_A, _USES_B, _USES_C = ([VOp[c.upper()] for c in codes]
+                             for codes in (lmstep.READS_A, lmstep.READS_B, lmstep.READS_C))
 
 
 def _one_of(value, ops):

@@ -325,11 +325,11 @@ class DeviceModel:
             return P.Err.UNKNOWN_OP
         lm, code, n = self.lm, op.code, op.n
         elementwise = code in lmstep.ELEMENTWISE
-        sources = ("a",) if code in _READS_A else ()
-        sources += ("b",) if code in _READS_B else ()
+        sources = ("a",) if code in lmstep.READS_A else ()
+        sources += ("b",) if code in lmstep.READS_B else ()
         bad = (code not in ("quant", "gain") and op.dst + n > lm.vmem_depth) \
             or any(getattr(op, src) + n > lm.vmem_depth for src in sources) \
-            or (code in _READS_C and op.c + n > lm.cmem_depth) \
+            or (code in lmstep.READS_C and op.c + n > lm.cmem_depth) \
             or (code == "embed" and (token + 1) * n > lm.embed_depth) \
             or op.red == 3 \
             or (op.red != 0 and (not elementwise or n == 0)) \
@@ -360,13 +360,6 @@ class DeviceModel:
         x = np.zeros(w.shape[1], np.int8)
         x[:len(xq)] = xq
         return golden.matvec(w, x)
-
-
-#: the instructions that read the vector at ``a``
-_READS_A = ("mulc", "mul", "add", "sigmoid", "silu", "rsub", "fgate", "quant", "rescale", "sfgate", "mulr")
-#: those that read ``b``, and the constants at ``c``
-_READS_B = ("mul", "add", "mulr")
-_READS_C = ("mulc", "fgate", "sfgate")
 
 
 class _Refused(Exception):

@@ -25,7 +25,7 @@ from . import golden
 from .golden import TritiumValueError
 
 __all__ = ["Op", "LMImage", "compile_mmfree", "execute", "NumpyRunner", "IntegerLM", "choose_token", "rng_seed",
-           "SamplingParams", "CONST_BITS", "OPCODES", "REDUCTIONS", "ELEMENTWISE"]
+           "SamplingParams", "CONST_BITS", "OPCODES", "REDUCTIONS", "ELEMENTWISE", "READS_A", "READS_B", "READS_C"]
 
 #: Width of the constant vectors' mantissas (norm weights, lower bounds): block floating point.
 CONST_BITS = 8
@@ -56,6 +56,11 @@ OPCODES = {
 REDUCTIONS = {0: None, 1: "M", 2: "SS"}
 RED_MAX, RED_SUMSQ = 1, 2
 ELEMENTWISE = ("mulc", "mul", "add", "sigmoid", "silu", "rsub", "fgate", "rescale", "sfgate", "mulr")
+#: The instructions that read the vector at ``a``, the vector at ``b``, and the constants at ``c``
+#: (a device checks those ranges: the golden device and the gateware both take them from here).
+READS_A = ("mulc", "mul", "add", "sigmoid", "silu", "rsub", "fgate", "quant", "rescale", "sfgate", "mulr")
+READS_B = ("mul", "add", "mulr")
+READS_C = ("mulc", "fgate", "sfgate")
 
 
 @dataclasses.dataclass(frozen=True)

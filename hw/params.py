@@ -248,8 +248,8 @@ class LMParams:
             object.__setattr__(self, name, value)
         if max_vocab < 2:
             raise TritiumValueError(f"max_vocab = {max_vocab} must be at least 2")
-        if vector_lanes not in (1, 2) or isinstance(vector_lanes, bool):
-            raise TritiumValueError(f"vector_lanes = {vector_lanes!r} must be 1 or 2")
+        if vector_lanes not in (1, 2, 4) or isinstance(vector_lanes, bool):
+            raise TritiumValueError(f"vector_lanes = {vector_lanes!r} must be 1, 2 or 4")
         object.__setattr__(self, "vector_lanes", vector_lanes)
 
     @property
@@ -272,4 +272,4 @@ class LMParams:
 
 #: The on-chip LM step sized for the shipped MatMul-free model (1,408 vector words, 4,608 constant
 #: bytes, 105 instructions, a 256 x 128 embedding) with room to spare; a two-lane vector unit.
-LM_DEFAULT = LMParams(vector_lanes=2)
+LM_DEFAULT = LMParams(vector_lanes=4)

@@ -36,7 +36,7 @@ __all__ = ["check_link_params", "SYNC", "ERROR", "REPLY", "VERSION", "MAGIC", "S
            "Op", "Err", "Packing", "crc16", "encode_frame", "FrameDecoder", "ProtocolError",
            "identify_payload", "parse_identify", "acc_bytes", "matvec_link_bytes", "max_payload",
            "max_link_rows", "IDEMPOTENT", "SEQ_CONSUMING_ERRORS", "MEMORY_CODES", "FLAG_READ_REGISTER",
-           "SET_SLOT_LAYOUT", "STATUS_LAYOUT", "ERROR_LAYOUT", "IDENTIFY_LAYOUT", "FLAG_LM", "FLAG_VECTOR_2", "Space",
+           "SET_SLOT_LAYOUT", "STATUS_LAYOUT", "ERROR_LAYOUT", "IDENTIFY_LAYOUT", "FLAG_LM", "FLAG_VECTOR_2", "FLAG_VECTOR_4", "Space",
            "WRITE_MEM_HEADER", "LM_CONFIG_LAYOUT", "GENERATE_LAYOUT", "GENERATE_END_LAYOUT", "NO_STOP", "Stop",
            "space_depth", "space_element_bytes", "instruction_bytes", "generate_payload",
            "Layout", "FRAME_HEADER", "FRAME_CRC", "WRITE_WEIGHTS_HEADER", "MATVEC_HEADER",
@@ -368,8 +368,11 @@ MEMORY_CODES = MEMORY_KINDS
 FLAG_READ_REGISTER = 0x01
 #: IDENTIFY ``flags`` bit: the device runs the whole LM step (WRITE_MEM, LM_CONFIG, GENERATE).
 FLAG_LM = 0x02
-#: IDENTIFY ``flags`` bit: the LM step's vector unit has two lanes (``LMParams.vector_lanes``).
+#: IDENTIFY ``flags`` bits 2-3: log2 of the LM step's vector lanes (``LMParams.vector_lanes``):
+#: 0x04 two lanes, 0x08 four.
 FLAG_VECTOR_2 = 0x04
+FLAG_VECTOR_4 = 0x08
+_VECTOR_FLAGS = {1: 0, 2: FLAG_VECTOR_2, 4: FLAG_VECTOR_4}
 
 
 def max_link_rows(params):
@@ -392,7 +395,7 @@ def identify_payload(params, clock_hz, lm=None):
     :class:`LMParams` ``lm`` of a device that runs the LM step (``None``: none)."""
     check_link_params(params)
     flags = (FLAG_READ_REGISTER if params.read_register else 0) | (FLAG_LM if lm is not None else 0) \
-        | (FLAG_VECTOR_2 if lm is not None and lm.vector_lanes == 2 else 0)
+        | (_VECTOR_FLAGS[lm.vector_lanes] if lm is not None else 0)
     sizes = (lm.vmem_depth - 1, lm.cmem_depth - 1, lm.prog_depth - 1, lm.embed_depth, lm.max_vocab) if lm \
         else (0, 0, 0, 0, 0)
     return _IDENT.pack(MAGIC, VERSION, params.lanes, params.trits, params.packing.code,
@@ -425,7 +428,7 @@ def parse_identify(payload):
     if flags & FLAG_LM:
         try:
             lm = LMParams(vmem_depth=vmem + 1, cmem_depth=cmem + 1, prog_depth=prog + 1, embed_depth=embed,
-                          max_vocab=vocab, vector_lanes=2 if flags & FLAG_VECTOR_2 else 1)
+                          max_vocab=vocab, vector_lanes=1 << ((flags >> 2) & 3))
         except TritiumValueError as e:
             raise ProtocolError(f"IDENTIFY reports LM step sizes this host cannot model: {e}") from None
     return {"lanes": lanes, "trits": trits, "packing": packing_name, "max_k": max_k,

@@ -39,7 +39,9 @@ class VOp(enum.Enum, shape=4):
 
 
 #: The vector unit's widths: elements per cycle of an aligned elementwise instruction.
-LANES = (1, 2)
+LANES = (1, 2, 4)
+#: Quotient bits per cycle of the scalar divider (``quant``'s reciprocal, ``gain``'s quotient).
+DIVIDER_BITS = 3
 #: Width of an instruction's element count (up to :data:`golden.MAX_VECTOR`).
 COUNT_BITS = golden.MAX_VECTOR.bit_length()
 
@@ -99,18 +101,21 @@ def decode(bits, layout):
 
 
 class SerialDivider(wiring.Component):
-    """Unsigned ``floor(num / den)``, one quotient bit per cycle (restoring division).
+    """Unsigned ``floor(num / den)``, ``bits_per_cycle`` quotient bits per cycle (restoring division).
 
     Members
     -------
     req : In(stream: ``num`` (``num_width`` bits), ``den`` (``den_width`` bits, non-zero))
     res : Out(stream: quotient, ``num_width`` bits)
-        The quotient is offered ``num_width + 1`` cycles after the request is taken; a new request
-        is taken once it has been.
+        The quotient is offered ``ceil(num_width / bits_per_cycle) + 1`` cycles after the request
+        is taken; a new request is taken once it has been.
     """
 
-    def __init__(self, *, num_width, den_width):
-        self.num_width, self.den_width = num_width, den_width
+    def __init__(self, *, num_width, den_width, bits_per_cycle=1):
+        for name, value in (("num_width", num_width), ("den_width", den_width), ("bits_per_cycle", bits_per_cycle)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise rejected(self, TritiumValueError(f"{name} = {value!r} must be a positive integer"))
+        self.num_width, self.den_width, self.bits_per_cycle = num_width, den_width, bits_per_cycle
         super().__init__({
             "req": In(stream.Signature(data.StructLayout({"num": num_width, "den": den_width}))),
             "res": Out(stream.Signature(num_width)),
@@ -118,24 +123,29 @@ class SerialDivider(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        nw, dw = self.num_width, self.den_width
+        r, dw = self.bits_per_cycle, self.den_width
+        steps = -(-self.num_width // r)
+        nw = steps * r                  # the numerator padded with leading zeros to whole steps
         num, den = Signal(nw), Signal(dw)
         rem = Signal(dw + 1)
-        count = Signal(range(nw + 1))
+        count = Signal(range(steps + 1))
         busy = Signal()
-        trial = Signal(dw + 2)
-        m.d.comb += [self.req.ready.eq(~busy & ~self.res.valid), self.res.payload.eq(num),
-                     trial.eq(Cat(num[-1], rem) - den)]
+        m.d.comb += [self.req.ready.eq(~busy & ~self.res.valid), self.res.payload.eq(num[:self.num_width])]
         with m.If(self.req.valid & self.req.ready):
             m.d.sync += [num.eq(self.req.payload.num), den.eq(self.req.payload.den), rem.eq(0),
-                         count.eq(nw), busy.eq(1)]
+                         count.eq(steps), busy.eq(1)]
+        # each of the r steps shifts the next numerator bit into the remainder and keeps the
+        # difference when it is non-negative (the remainder stays below `den`)
+        rem_k, num_k = rem, num
+        for k in range(r):
+            trial = Signal(dw + 2, name=f"trial{k}")
+            m.d.comb += trial.eq(Cat(num_k[-1], rem_k) - den)
+            rem_n, num_n = Signal.like(rem, name=f"rem{k}"), Signal.like(num, name=f"num{k}")
+            m.d.comb += [rem_n.eq(Mux(trial[-1], Cat(num_k[-1], rem_k)[:dw + 1], trial[:dw + 1])),
+                         num_n.eq(Cat(~trial[-1], num_k[:-1]))]
+            rem_k, num_k = rem_n, num_n
         with m.If(busy):
-            # shift the next numerator bit into the remainder; keep the difference if non-negative
-            with m.If(~trial[-1]):
-                m.d.sync += [rem.eq(trial[:dw + 1]), num.eq((num << 1) | 1)]
-            with m.Else():
-                m.d.sync += [rem.eq(Cat(num[-1], rem)[:dw + 1]), num.eq(num << 1)]
-            m.d.sync += count.eq(count - 1)
+            m.d.sync += [rem.eq(rem_k), num.eq(num_k), count.eq(count - 1)]
             with m.If(count == 1):
                 m.d.sync += [busy.eq(0), self.res.valid.eq(1)]
         with m.If(self.res.valid & self.res.ready):
@@ -184,6 +194,17 @@ class SerialSqrt(wiring.Component):
         with m.If(self.res.valid & self.res.ready):
             m.d.sync += self.res.valid.eq(0)
         return m
+
+
+def _bit_length(m, value):
+    """A comb value: the bit length of unsigned ``value`` (0 for 0), by halves (a tree of
+    log2(width) multiplexers, not a chain)."""
+    w = len(value)
+    if w == 1:
+        return value[0]
+    lo_w = 1 << ((w - 1).bit_length() - 1)          # the low part: the largest power of 2 below w
+    hi, lo = value[lo_w:], value[:lo_w]
+    return Mux(hi.any(), lo_w + _bit_length(m, hi), _bit_length(m, lo))
 
 
 def _sat32(m, value, name):
@@ -323,7 +344,7 @@ class VectorUnit(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         m.submodules.vmem, m.submodules.cmem, m.submodules.sigmoid = self.vmem, self.cmem, self.sigmoid
-        m.submodules.div = div = SerialDivider(num_width=39, den_width=16)
+        m.submodules.div = div = SerialDivider(num_width=39, den_width=16, bits_per_cycle=DIVIDER_BITS)
         m.submodules.sqrt = sqrt = SerialSqrt(width=62)
         L = self.lanes
         lane_bits = (L - 1).bit_length()
@@ -355,6 +376,8 @@ class VectorUnit(wiring.Component):
         qs = Signal(signed(7))
         nx = Signal(64)                     # the scalar normaliser's value and shift
         ns = Signal(signed(8))
+        nx_len, norm_wait = Signal(7), Signal()
+        m.d.sync += nx_len.eq(_bit_length(m, nx))
         mn, ms = Signal(16), Signal(signed(8))
         kk = Signal(6)
         gnum, gimm, gbit = Signal(31), Signal(16), Signal(4)
@@ -555,7 +578,7 @@ class VectorUnit(wiring.Component):
                      from_ext.eq(op == VOp.MATVEC)]
         with m.If(advance):
             m.d.sync += v[0].eq(0)
-        can_issue = running & advance & (issue < cur.n)
+        can_issue = running & advance & (issue < cur.n) & ~gain_busy    # a rescale waits for its gain
         with m.If(from_ext):
             m.d.comb += self.ext.ready.eq(can_issue)
         lanes_in = Cat(*[(issue + k < cur.n) for k in range(L)])
@@ -575,13 +598,15 @@ class VectorUnit(wiring.Component):
 
         with m.FSM() as fsm:
             with m.State("IDLE"):
-                m.d.comb += [self.instr.ready.eq(~p1 & ~p2), self.cload.ready.eq(1),
+                # while a quant's gain is still being taken, only its matvec is accepted
+                take_instr = ~p1 & ~p2 & (~gain_busy | (self.instr.payload.op == VOp.MATVEC))
+                m.d.comb += [self.instr.ready.eq(take_instr), self.cload.ready.eq(1),
                              cw.en.eq(Mux(self.cload.valid, one_hot(lane_of(caddr)), 0)),
                              self.peek.ready.eq(~self.instr.valid & (~p1 | move)), ra.en.eq(~p1 | move)]
                 with m.If(self.peek.valid & self.peek.ready):
                     m.d.comb += ra.addr.eq(word_of(self.peek.payload))
                     m.d.sync += peek_lane.eq(lane_of(self.peek.payload))
-                with m.If(self.instr.valid & ~p1 & ~p2):
+                with m.If(self.instr.valid & take_instr):
                     p = self.instr.payload
                     m.d.sync += [cur.eq(p), issue.eq(0), wcount.eq(0), wide.eq(0)]
                     with m.If(p.red == lmstep.RED_MAX):
@@ -619,22 +644,25 @@ class VectorUnit(wiring.Component):
                 with m.If(wcount == cur.n):
                     m.d.sync += running.eq(0)
                     m.next = "DRAIN"
-            with m.State("DRAIN"):     # the last reduction terms land; a quant's gain ends
-                with m.If(~red_pending & ~gain_busy):
+            with m.State("DRAIN"):     # the last reduction terms land (a quant's gain goes on alone)
+                with m.If(~red_pending):
                     m.next = "IDLE"
             with m.State("GAIN"):
                 with m.If(~gain_busy):
                     m.next = "IDLE"
 
-            # normalise nx to `bits` bits: shift right while too wide, left while too narrow
+            # normalise nx to exactly `bits` bits (shifted right when wider, left when narrower;
+            # the shift added to ns) in two cycles: the first lets `nx_len` (the bit length of nx,
+            # registered) catch up with the nx just loaded, the second shifts
             def normalise(bits, done):
-                with m.If(nx == 0):
-                    m.next = done
-                with m.Elif(nx >= (1 << bits)):
-                    m.d.sync += [nx.eq(nx >> 1), ns.eq(ns + 1)]
-                with m.Elif(nx < (1 << (bits - 1))):
-                    m.d.sync += [nx.eq(nx << 1), ns.eq(ns - 1)]
+                with m.If(~norm_wait):
+                    m.d.sync += norm_wait.eq(1)
                 with m.Else():
+                    m.d.sync += norm_wait.eq(0)
+                    with m.If(nx_len > bits):
+                        m.d.sync += [nx.eq(nx >> (nx_len - bits)[:6]), ns.eq(ns + (nx_len - bits))]
+                    with m.Elif(nx_len != 0):
+                        m.d.sync += [nx.eq(nx << (bits - nx_len)[:5]), ns.eq(ns - (bits - nx_len))]
                     m.next = done
 
             with m.State("Q_NORM"):
@@ -680,10 +708,14 @@ class VectorUnit(wiring.Component):
                 m.d.sync += [gimm.eq(gimm >> 1), gbit.eq(gbit + 1)]
                 with m.If(gbit == 15):
                     m.next = "G_K_LOOP"
-            with m.State("G_K_LOOP"):   # scale SS by 4 until its root has 30 or 31 bits
-                with m.If((nx != 0) & (nx < (1 << 59))):
-                    m.d.sync += [nx.eq(nx << 2), kk.eq(kk + 1)]
+            with m.State("G_K_LOOP"):   # SS times 4**kk, the least kk that makes it 60 bits or more
+                with m.If(~norm_wait):      # (its root then has 30 or 31 bits): `nx_len` catches up
+                    m.d.sync += norm_wait.eq(1)
                 with m.Else():
+                    m.d.sync += norm_wait.eq(0)
+                    with m.If((nx_len != 0) & (nx_len < 60)):
+                        k_up = ((61 - nx_len) >> 1)[:5]
+                        m.d.sync += [nx.eq(nx << Cat(Const(0, 1), k_up)), kk.eq(k_up)]
                     m.next = "G_SQRT"
             with m.State("G_SQRT"):
                 with m.If((nx == 0) | (mn == 0)):

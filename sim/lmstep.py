@@ -25,12 +25,15 @@ from . import golden
 from .golden import TritiumValueError
 
 __all__ = ["Op", "LMImage", "compile_mmfree", "execute", "NumpyRunner", "IntegerLM", "choose_token", "rng_seed",
-           "SamplingParams", "CONST_BITS", "OPCODES", "REDUCTIONS", "ELEMENTWISE", "READS_A", "READS_B", "READS_C"]
+           "SamplingParams", "CONST_BITS", "VECTOR_ALIGN", "OPCODES", "REDUCTIONS", "ELEMENTWISE", "READS_A", "READS_B", "READS_C"]
 
 #: Width of the constant vectors' mantissas (norm weights, lower bounds): block floating point.
 CONST_BITS = 8
 #: Width of the embedding's values (per-row absmax, round half to even).
 EMBED_BITS = 8
+#: The compiler starts every vector buffer and constant vector at a multiple of this (the widest
+#: vector unit's lanes, :data:`tritium.hw.vector.LANES`): speed only, never results.
+VECTOR_ALIGN = 4
 
 #: The vector program's instructions and what each computes (``docs/arithmetic.md``). ``a``,
 #: ``b`` and ``dst`` are vector-memory addresses, ``c`` a constant-memory address, ``n`` the
@@ -142,9 +145,10 @@ def compile_mmfree(model, *, const_bits=CONST_BITS, embed_bits=EMBED_BITS):
     # Vector memory: buffers whose lifetimes never overlap share words. `u` (each BitLinear's
     # weighted input, read once by `quant`) doubles as `d` (the GLU product, rewritten in place
     # into `u`); one area holds the mixer's f / i / g / scratch, then the GLU's gate output, then
-    # the logits. Every buffer and constant vector starts at an even address, so a two-lane
-    # vector unit streams each instruction two elements a cycle (``even``; results never depend on it).
-    even = lambda n: n + (n & 1)
+    # the logits. Every buffer and constant vector starts at a multiple of VECTOR_ALIGN, so a
+    # vector unit of up to that many lanes streams each instruction that many elements a cycle
+    # (``even``; results never depend on it).
+    even = lambda n: -(-n // VECTOR_ALIGN) * VECTOR_ALIGN
     vectors, top = {}, 0
     for name, n in [("h", H)] + [(f"s{l}", H) for l in range(cfg.layers)] + [("v", H), ("u", max(H, I))]:
         vectors[name] = (top, n)
@@ -160,7 +164,7 @@ def compile_mmfree(model, *, const_bits=CONST_BITS, embed_bits=EMBED_BITS):
     def const(name, values):
         m, shift = golden.bfp_constant(np.asarray(values, np.float32), const_bits)
         consts[name] = (sum(len(w) for w in cwords), len(m), shift)
-        cwords.append(np.concatenate([m, np.zeros(len(m) & 1, m.dtype)]))
+        cwords.append(np.concatenate([m, np.zeros(even(len(m)) - len(m), m.dtype)]))
         return consts[name]
 
     def mulc(dst, src, name, values, n, red=0):

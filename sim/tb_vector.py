@@ -17,7 +17,7 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 
-from tritium.hw.vector import encode, instruction_layout, xq_layout
+from tritium.hw.vector import LANES, encode, instruction_layout, xq_layout
 from tritium.host.models import DEFAULT_MODEL, load_model
 from tritium.sim import lmstep
 
@@ -73,7 +73,7 @@ async def shipped_model_step(dut):
     vbits, cbits = len(dut.peek__payload), max(1, (len(img.cmem) - 1).bit_length())
     layout = instruction_layout(addr_bits=vbits, caddr_bits=cbits)
     instr, ext, xq = (Port(dut, n, rng, 0.0) for n in ("instr", "ext", "xq"))
-    lanes = next(k for k in (1, 2) if xq_layout(k).size == len(dut.xq__payload))     # the unit's width
+    lanes = next(k for k in LANES if xq_layout(k).size == len(dut.xq__payload))     # the unit's width
     ext.stall_prob = xq.stall_prob = 0.2
     cload, peek, word = (Port(dut, n, rng, 0.0) for n in ("cload", "peek", "word"))
     for p in (instr, ext, cload, peek):

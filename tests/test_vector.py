@@ -13,11 +13,13 @@ from tritium.sim.lmstep import Op
 from tritium.sim.vector_tb import run_vector_program
 
 
-def test_serial_divider_is_floor_division():
+@pytest.mark.parametrize("bits_per_cycle", [1, 2, 3, 4])
+def test_serial_divider_is_floor_division(bits_per_cycle):
+    # one to four quotient bits a cycle (39 is a multiple of neither 2 nor 4: the padding too)
     rng = np.random.default_rng(5)
     pairs = [(0, 1), (1, 1), (2**39 - 1, 1), (2**39 - 1, 2**16 - 1), (127 << 30, 2**14), (127 << 30, 2**15 - 1)]
     pairs += [(int(rng.integers(0, 2**39)), int(rng.integers(1, 2**16))) for _ in range(60)]
-    dut = SerialDivider(num_width=39, den_width=16)
+    dut = SerialDivider(num_width=39, den_width=16, bits_per_cycle=bits_per_cycle)
     layout = dut.req.payload.shape()
     got = run_requests(dut, [layout.const({"num": n, "den": d}).as_bits() for n, d in pairs], seed=1)
     # every quotient equals Python's floor division
@@ -57,12 +59,13 @@ def _run_ops(ops, vmem0, cmem, *, seed, ext=None, stall_prob=0.3, lanes=1):
     return snap["vmem"], spec, regs
 
 
-@pytest.mark.parametrize("seed, lanes, n", [(0, 1, 24), (1, 1, 24), (0, 2, 24), (1, 2, 25), (2, 2, 23)])
+@pytest.mark.parametrize("seed, lanes, n", [(0, 1, 24), (1, 1, 24), (0, 2, 24), (1, 2, 25), (2, 2, 23), (3, 4, 24), (4, 4, 26), (5, 4, 23)])
 def test_elementwise_ops_match_the_spec(seed, lanes, n):
     # Every elementwise instruction with and without reductions, over values that reach
     # saturation, the sigmoid table's ends and the rounding ties; random stalls on the streams.
-    # Two lanes: with an odd n the vectors sit at odd addresses too, so aligned (two elements a
-    # cycle, the last pair half full) and unaligned instructions (one a cycle) both run.
+    # Two and four lanes: with n not a multiple of the lanes the vectors sit at unaligned addresses
+    # too, so aligned (`lanes` elements a cycle, the last word part full) and unaligned
+    # instructions (one a cycle) both run.
     rng = np.random.default_rng(seed)
     a = np.concatenate([_vectors(rng, n - 6, 6), [G.INT32_MAX, G.INT32_MIN, 0, 1, -1, 9 * 65536]])
     b = np.concatenate([_vectors(rng, n - 4, 40000), [G.INT32_MAX, G.INT32_MIN, -1, 2**15]])
@@ -82,7 +85,7 @@ def test_elementwise_ops_match_the_spec(seed, lanes, n):
     assert np.array_equal(got, spec)
 
 
-@pytest.mark.parametrize("scale, lanes", [(1e-4, 1), (0.3, 1), (50, 2), (20000, 2)])
+@pytest.mark.parametrize("scale, lanes", [(1e-4, 1), (0.3, 1), (50, 2), (20000, 2), (0.3, 4), (20000, 4)])
 def test_bitlinear_sequence_matches_the_spec(scale, lanes):
     # mulc with a max, quant (activations leave on xq), matvec (products come back on ext),
     # gain, rescale: the BitLinear of the LM step, over inputs small to huge.
@@ -108,7 +111,7 @@ def test_bitlinear_sequence_matches_the_spec(scale, lanes):
     assert np.abs(seen[0]).max() == 127
 
 
-@pytest.mark.parametrize("scale, lanes", [(1e-4, 1), (0.3, 2), (20000, 2)])
+@pytest.mark.parametrize("scale, lanes", [(1e-4, 1), (0.3, 2), (20000, 2), (1e-4, 4), (0.3, 4)])
 def test_fused_bitlinear_matches_the_spec_and_the_unfused_one(scale, lanes):
     # quant with the gain folded in (imm != 0), then matvec rescaling its products as they come
     # in on ext (imm = 1): what the compiler emits; equal to the spec, and to quant, matvec,
@@ -167,13 +170,13 @@ def _small_image():
     return lmstep.compile_mmfree(_load_mmfree(random_mmfree(cfg, seed=3), cfg, "random", {}))
 
 
-@pytest.mark.parametrize("lanes", [1, 2])
+@pytest.mark.parametrize("lanes", [1, 2, 4])
 def test_a_small_models_step_runs_bit_exactly_on_the_vector_unit(lanes):
     # another shape, compiled from its config: no RTL change, same exact agreement
     _program_on_rtl(_small_image(), [5, 17, 40, 0], lanes=lanes)
 
 
-@pytest.mark.parametrize("lanes", [1, 2])
+@pytest.mark.parametrize("lanes", [1, 2, 4])
 def test_the_shipped_models_step_runs_bit_exactly_on_the_vector_unit(shipped_image, lanes):
     cycles = _program_on_rtl(shipped_image, list(b"The"), lanes=lanes)
     print(f"vector unit cycles per token (shipped model, {lanes} lanes, 10% stalls on ext/xq): {cycles}")

@@ -121,9 +121,11 @@ class LMCore(wiring.Component):
             raise rejected(self, TypeError(f"params must be an EngineParams, not {params!r}"))
         if not isinstance(lm, LMParams):
             raise rejected(self, TypeError(f"lm must be an LMParams, not {lm!r}"))
-        if params.trits % lm.vector_lanes:
-            raise rejected(self, TritiumValueError(f"a {lm.vector_lanes}-lane vector unit needs an engine whose "
-                                                   f"trits ({params.trits}) are a multiple of {lm.vector_lanes}"))
+        for name in ("trits", "lanes"):
+            if getattr(params, name) % lm.vector_lanes:
+                raise rejected(self, TritiumValueError(
+                    f"a {lm.vector_lanes}-lane vector unit needs an engine whose {name} "
+                    f"({getattr(params, name)}) are a multiple of {lm.vector_lanes}"))
         self._params, self._lm = params, lm
         self.vector = VectorUnit(vmem_depth=lm.vmem_depth, cmem_depth=lm.cmem_depth, lanes=lm.vector_lanes)
         self.sampler = TokenSampler(max_vocab=lm.max_vocab, addr_bits=lm.addr_bits)
@@ -247,15 +249,20 @@ class LMCore(wiring.Component):
                 m.d.sync += pk_pos.eq(pk_next)
         packing = (pk_fill != 0) | pk_full
 
-        # -- the vector unit's `ext` input: engine tiles (matvec) or embedding values (embed) ---
+        # -- the vector unit's `ext` input: engine tiles (matvec, `lanes_v` values a transfer) or
+        #    embedding values (embed, one a transfer) ---
         lanes = p.lanes
-        tile_i = Signal(range(lanes))
+        groups = lanes // lanes_v
+        tile_g = Signal(range(groups))       # the group of `lanes_v` tile values offered next
         values = self.res.payload.values
-        tile_value = Signal(signed(32))
-        m.d.comb += tile_value.eq(values[0])
-        for i in range(1, lanes):
-            with m.If(tile_i == i):
-                m.d.comb += tile_value.eq(values[i])
+        tile_vals = [Signal(signed(32), name=f"tile_v{k}") for k in range(lanes_v)]
+        tile_left = Signal(range(lanes + 1))
+        m.d.comb += tile_left.eq(self.res.payload.count - tile_g * lanes_v)
+        for k in range(lanes_v):
+            m.d.comb += tile_vals[k].eq(values[k])
+            for g in range(1, groups):
+                with m.If(tile_g == g):
+                    m.d.comb += tile_vals[k].eq(values[g * lanes_v + k])
         emb_i = Signal(range(1 << len(n)))     # the next element to read
         emb_pend = Signal()            # a read was issued last cycle: its byte is on the port
         emb_full = Signal()            # `emb_val` holds the next value for `ext`
@@ -263,12 +270,13 @@ class LMCore(wiring.Component):
         ext_from_tiles = Signal()
         ext_from_embed = Signal()
         with m.If(ext_from_tiles):
-            m.d.comb += [vu.ext.valid.eq(self.res.valid), vu.ext.payload.eq(tile_value)]
+            m.d.comb += [vu.ext.valid.eq(self.res.valid), vu.ext.payload.count.eq(Mux(tile_left < lanes_v, tile_left, lanes_v))]
+            m.d.comb += [vu.ext.payload.values[k].eq(tile_vals[k]) for k in range(lanes_v)]
             with m.If(vu.ext.ready & self.res.valid):
-                m.d.sync += tile_i.eq(tile_i + 1)
-                with m.If(tile_i == self.res.payload.count - 1):
+                m.d.sync += tile_g.eq(tile_g + 1)
+                with m.If(tile_left <= lanes_v):
                     m.d.comb += self.res.ready.eq(1)
-                    m.d.sync += tile_i.eq(0)
+                    m.d.sync += tile_g.eq(0)
         # the embedding reader: read, then the product into a register, then `ext` (one value a
         # cycle while `ext` takes them; a byte waits on the read port while the register is full)
         emb_capture, emb_issue = Signal(), Signal()
@@ -277,7 +285,7 @@ class LMCore(wiring.Component):
             m.d.comb += [emb_capture.eq(emb_pend & (~emb_full | vu.ext.ready)),
                          emb_issue.eq(~(emb_pend & ~emb_capture) & (emb_i < emb_n)),
                          emb_rd.addr.eq(emb_base + emb_i), emb_rd.en.eq(emb_issue),
-                         vu.ext.valid.eq(emb_full), vu.ext.payload.eq(emb_val)]
+                         vu.ext.valid.eq(emb_full), vu.ext.payload.values[0].eq(emb_val), vu.ext.payload.count.eq(1)]
             with m.If(emb_capture):
                 m.d.sync += [emb_val.eq(emb_rd.data * scl_rd.data), emb_full.eq(1)]
             with m.Elif(emb_full & vu.ext.ready):

@@ -18,7 +18,7 @@ from ..sim import golden, lmstep
 from ..sim.golden import TritiumValueError
 from .params import rejected
 
-__all__ = ["VOp", "xq_layout", "instruction_layout", "encode", "decode", "SerialDivider", "SerialSqrt", "VectorUnit"]
+__all__ = ["VOp", "xq_layout", "ext_layout", "instruction_layout", "encode", "decode", "SerialDivider", "SerialSqrt", "VectorUnit"]
 
 class VOp(enum.Enum, shape=4):
     """The vector unit's operations (:data:`tritium.sim.lmstep.OPCODES` gives their arithmetic)."""
@@ -49,6 +49,11 @@ COUNT_BITS = golden.MAX_VECTOR.bit_length()
 def xq_layout(lanes):
     """A transfer of ``quant`` activations: ``values`` (``lanes`` int8), the first ``count`` valid."""
     return data.StructLayout({"values": data.ArrayLayout(signed(8), lanes), "count": range(lanes + 1)})
+
+
+def ext_layout(lanes):
+    """A transfer into ``ext``: ``values`` (``lanes`` int32), the first ``count`` (at least 1) valid."""
+    return data.StructLayout({"values": data.ArrayLayout(signed(32), lanes), "count": range(lanes + 1)})
 
 
 def instruction_layout(*, addr_bits, caddr_bits):
@@ -296,10 +301,13 @@ class VectorUnit(wiring.Component):
         first normalises ``M`` and divides (about 40 cycles), ``gain`` normalises, takes a
         62-bit root and divides (about 110 cycles); a ``quant`` with ``imm != 0`` takes its
         ``gain`` while its activations stream, and ends when both are done.
-    ext : In(stream of signed(32))
-        The ``n`` values an ``embed`` or ``matvec`` instruction writes to ``dst``, in order, one
-        per cycle; a rescaling ``matvec`` (``imm != 0``) takes them through the pipeline (one per
-        cycle, written 7 cycles later).
+    ext : In(stream of :func:`ext_layout`)
+        The ``n`` values an ``embed`` or ``matvec`` instruction writes to ``dst``, in order,
+        ``values[0 .. count-1]`` of each transfer; every transfer but an instruction's last
+        carries ``lanes`` values. A rescaling ``matvec`` (``imm != 0``) takes them through the
+        pipeline (written 7 cycles later): a whole transfer a cycle when ``dst`` is a multiple of
+        ``lanes``, else one value a cycle; an ``embed`` or a plain ``matvec`` writes one value a
+        cycle. (A transfer is taken with its last value.)
     xq : Out(stream of :func:`xq_layout`)
         The ``n`` activations of a ``quant`` instruction, in order: ``count`` of them a transfer
         in ``values[0 .. count-1]`` (``lanes`` when ``a`` is aligned, the last transfer perhaps
@@ -328,7 +336,7 @@ class VectorUnit(wiring.Component):
         self.layout = instruction_layout(addr_bits=self.addr_bits, caddr_bits=self.caddr_bits)
         super().__init__({
             "instr": In(stream.Signature(self.layout)),
-            "ext": In(stream.Signature(signed(32))),
+            "ext": In(stream.Signature(ext_layout(lanes))),
             "xq": Out(stream.Signature(xq_layout(lanes))),
             "cload": In(stream.Signature(data.StructLayout({"addr": self.caddr_bits, "data": signed(8)}))),
             "peek": In(stream.Signature(self.addr_bits)),
@@ -400,7 +408,12 @@ class VectorUnit(wiring.Component):
         b2r = [Signal(signed(32), name=f"b2r_{k}") for k in range(L)]     # sat32(1.0 - b), for mulr
         c2 = [Signal(signed(8), name=f"c2_{k}") for k in range(L)]
         lb = [Signal(signed(33), name=f"lb_{k}") for k in range(L)]
-        ext_q = Signal(signed(32))          # a rescaling matvec's value, taken at issue
+        ext_q = [Signal(signed(32), name=f"ext_q{k}") for k in range(L)]   # a rescaling matvec's values, at issue
+        ext_k = Signal(max(1, lane_bits))   # the next value of an `ext` transfer taken one a cycle
+        ext_one = Signal(signed(32))        # that value
+        ext_end = Signal()                  # ... is the transfer's last
+        m.d.comb += [ext_one.eq(self.ext.payload.values[0] if L == 1 else self.ext.payload.values[ext_k]),
+                     ext_end.eq(ext_k + 1 >= self.ext.payload.count)]
         from_ext = Signal()
         x3 = [Signal(signed(32), name=f"x3_{k}") for k in range(L)]
         y3 = [Signal(signed(32), name=f"y3_{k}") for k in range(L)]
@@ -436,10 +449,11 @@ class VectorUnit(wiring.Component):
         v0r, idx0r = Signal(L), Signal(COUNT_BITS)
         ra_q, rb_q, rc_q = Signal.like(ra.data), Signal.like(rb.data), Signal.like(rc.data)
         sel_ar, sel_br, sel_cr = Signal.like(sel_a), Signal.like(sel_b), Signal.like(sel_c)
-        ext_qr = Signal.like(ext_q)
+        ext_qr = [Signal(signed(32), name=f"ext_qr{k}") for k in range(L)]
         with m.If(advance):
             m.d.sync += [v0r.eq(v[0]), idx0r.eq(idx[0]), ra_q.eq(ra.data), rb_q.eq(rb.data), rc_q.eq(rc.data),
-                         sel_ar.eq(sel_a), sel_br.eq(sel_b), sel_cr.eq(sel_c), ext_qr.eq(ext_q)]
+                         sel_ar.eq(sel_a), sel_br.eq(sel_b), sel_cr.eq(sel_c)] + \
+                [ext_qr[k].eq(ext_q[k]) for k in range(L)]
         a1 = [Signal(signed(32), name=f"a1_{k}") for k in range(L)]
         b1 = [Signal(signed(32), name=f"b1_{k}") for k in range(L)]
         c1 = [Signal(signed(8), name=f"c1_{k}") for k in range(L)]
@@ -461,7 +475,7 @@ class VectorUnit(wiring.Component):
         with m.If(advance):
             m.d.sync += [v[1].eq(v0r), idx[1].eq(idx0r)]
             for k in range(L):
-                m.d.sync += [a2[k].eq(Mux(from_ext, ext_qr, a1[k]) if k == 0 else a1[k]), b2[k].eq(b1[k]),
+                m.d.sync += [a2[k].eq(Mux(from_ext, ext_qr[k], a1[k])), b2[k].eq(b1[k]),
                              b2r[k].eq(_sat32(m, golden.FIX_ONE - b1[k], f"one_minus_b_{k}")), c2[k].eq(c1[k]),
                              lb[k].eq(_lower_bound(m, c1[k], cur.shift - golden.FIX_FRAC))]
         # S2: pick the product's operands, its shift and an addend: one signed 32 x 32 product
@@ -579,12 +593,18 @@ class VectorUnit(wiring.Component):
         with m.If(advance):
             m.d.sync += v[0].eq(0)
         can_issue = running & advance & (issue < cur.n) & ~gain_busy    # a rescale waits for its gain
-        with m.If(from_ext):
+        # a wide matvec takes a whole transfer an issue; otherwise one value of it an issue
+        with m.If(from_ext & wide):
             m.d.comb += self.ext.ready.eq(can_issue)
+        with m.Elif(from_ext):
+            m.d.comb += self.ext.ready.eq(can_issue & ext_end)
+            with m.If(can_issue & self.ext.valid):
+                m.d.sync += ext_k.eq(Mux(ext_end, 0, ext_k + 1))
         lanes_in = Cat(*[(issue + k < cur.n) for k in range(L)])
         with m.If(can_issue & (~from_ext | self.ext.valid)):
-            m.d.sync += [idx[0].eq(issue), ext_q.eq(self.ext.payload),
-                         sel_a.eq(lane_of(ea)), sel_b.eq(lane_of(eb)), sel_c.eq(lane_of(ec))]
+            m.d.sync += [idx[0].eq(issue), ext_q[0].eq(Mux(wide, self.ext.payload.values[0], ext_one))] + \
+                [ext_q[k].eq(self.ext.payload.values[k]) for k in range(1, L)]
+            m.d.sync += [sel_a.eq(lane_of(ea)), sel_b.eq(lane_of(eb)), sel_c.eq(lane_of(ec))]
             with m.If(wide):
                 m.d.sync += [v[0].eq(lanes_in), issue.eq(issue + L)]
             with m.Else():
@@ -608,7 +628,7 @@ class VectorUnit(wiring.Component):
                     m.d.sync += peek_lane.eq(lane_of(self.peek.payload))
                 with m.If(self.instr.valid & take_instr):
                     p = self.instr.payload
-                    m.d.sync += [cur.eq(p), issue.eq(0), wcount.eq(0), wide.eq(0)]
+                    m.d.sync += [cur.eq(p), issue.eq(0), wcount.eq(0), wide.eq(0), ext_k.eq(0)]
                     with m.If(p.red == lmstep.RED_MAX):
                         m.d.sync += reg_m.eq(0)
                     with m.If(p.red == lmstep.RED_SUMSQ):
@@ -616,7 +636,7 @@ class VectorUnit(wiring.Component):
                     with m.Switch(p.op):
                         with m.Case(VOp.EMBED, VOp.MATVEC):
                             with m.If((p.op == VOp.MATVEC) & (p.imm != 0)):     # rescaled on the way
-                                m.d.sync += running.eq(1)
+                                m.d.sync += [running.eq(1), wide.eq(lane_of(p.dst) == 0 if L > 1 else 0)]
                                 m.next = "RUN"
                             with m.Elif(p.n != 0):
                                 m.next = "EXT"
@@ -631,12 +651,13 @@ class VectorUnit(wiring.Component):
                             aligned = Cat(*(lane_of(f) == 0 for f in (p.dst, p.a, p.b, p.c))).all()
                             m.d.sync += [running.eq(1), wide.eq(aligned if L > 1 else 0)]
                             m.next = "RUN"
-            with m.State("EXT"):
-                m.d.comb += self.ext.ready.eq(1)
+            with m.State("EXT"):           # one value a cycle
+                m.d.comb += self.ext.ready.eq(ext_end)
                 with m.If(self.ext.valid):
                     elem = cur.dst + wcount
-                    m.d.comb += [wr.addr.eq(word_of(elem)), wr.data.eq(Cat(*(self.ext.payload for _ in range(L)))),
+                    m.d.comb += [wr.addr.eq(word_of(elem)), wr.data.eq(Cat(*(ext_one for _ in range(L)))),
                                  wr.en.eq(one_hot(lane_of(elem)))]
+                    m.d.sync += ext_k.eq(Mux(ext_end, 0, ext_k + 1))
                     m.d.sync += wcount.eq(wcount + 1)
                     with m.If(wcount + 1 == cur.n):
                         m.next = "IDLE"

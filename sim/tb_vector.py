@@ -17,7 +17,7 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 
-from tritium.hw.vector import LANES, encode, instruction_layout, xq_layout
+from tritium.hw.vector import LANES, encode, ext_layout, instruction_layout, xq_layout
 from tritium.host.models import DEFAULT_MODEL, load_model
 from tritium.sim import lmstep
 
@@ -60,6 +60,15 @@ class Port:
         return value
 
 
+async def put_ext(port, values, lanes):
+    """``values`` into the unit's ``ext``, ``lanes`` a transfer (ext_layout; the last perhaps fewer)."""
+    values = [int(v) for v in values]
+    for i in range(0, len(values), lanes):
+        group = values[i:i + lanes]
+        t = ext_layout(lanes).const({"values": group + [0] * (lanes - len(group)), "count": len(group)})
+        await port.put(t.as_bits())
+
+
 def _signed(v, bits):
     return v - (1 << bits) if v >= 1 << (bits - 1) else v
 
@@ -98,8 +107,7 @@ async def shipped_model_step(dut):
                            matvec=lambda c, q: img.matrices[c].astype(np.int64) @ q.astype(np.int64))
             await instr.put(encode(op, layout))
             if op.code == "embed":
-                for v in row:
-                    await ext.put(int(v) & 0xFFFFFFFF)
+                await put_ext(ext, row, lanes)
             elif op.code == "quant":
                 got = []
                 while len(got) < op.n:       # `count` activations a transfer (xq_layout)
@@ -108,8 +116,7 @@ async def shipped_model_step(dut):
                 assert got == regs["XQ"].tolist(), f"token {tok}: activations differ from the spec"
                 stats["activations_checked"] += op.n
             elif op.code == "matvec":
-                for v in img.matrices[op.c].astype(np.int64) @ np.array(got, np.int64):
-                    await ext.put(int(v) & 0xFFFFFFFF)
+                await put_ext(ext, img.matrices[op.c].astype(np.int64) @ np.array(got, np.int64), lanes)
             while True:
                 await ReadOnly()
                 busy = bool(dut.busy.value)

@@ -30,6 +30,8 @@ def run_vector_program(dut, cmem, steps, *, seed=0, stall_prob=0.3, read=(), max
     stalls = Stalls(rng, stall_prob)
     snapshots, cycles = [], []
 
+    ext = dut.ext.payload.shape()
+
     async def bench(ctx):
         for addr, value in enumerate(cmem):
             await stream_put(ctx, dut.cload, dut.cload.payload.shape().const({"addr": addr, "data": int(value)}).as_bits())
@@ -38,11 +40,14 @@ def run_vector_program(dut, cmem, steps, *, seed=0, stall_prob=0.3, read=(), max
             xq = None
             for op in program:
                 await stream_put(ctx, dut.instr, encode(op, dut.layout))
-                if op.code in ("embed", "matvec"):
-                    for v in ext_source(op, xq):
+                if op.code in ("embed", "matvec"):   # `lanes` values a transfer, the last perhaps fewer
+                    vals = [int(v) for v in ext_source(op, xq)]
+                    for i in range(0, len(vals), dut.lanes):
                         for _ in range(stalls()):
                             await ctx.tick()
-                        await stream_put(ctx, dut.ext, int(v) & 0xFFFFFFFF)
+                        group = vals[i:i + dut.lanes]
+                        t = ext.const({"values": group + [0] * (dut.lanes - len(group)), "count": len(group)})
+                        await stream_put(ctx, dut.ext, t.as_bits())
                 elif op.code == "quant":
                     got, layout = [], dut.xq.payload.shape()
                     while len(got) < op.n:

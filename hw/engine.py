@@ -196,9 +196,10 @@ class TernaryMatVec(wiring.Component):
 
     Timing
     ------
-    After the last activation word, the engine reads one weight word per cycle: every lane
-    consumes ``trits`` weights every cycle, ``tiles * chunks`` cycles for ``tiles = ceil(M /
-    lanes)``. A finished tile waits in an output register while the next tile computes; the
+    Each activation word is multiplied with its chunk of the first tile's weights as it arrives
+    (and stored for the later tiles); after the last one the engine reads one weight word per
+    cycle: every lane consumes ``trits`` weights every cycle, ``tiles * chunks`` cycles in all for
+    ``tiles = ceil(M / lanes)``, the first tile's while the activations stream in. A finished tile waits in an output register while the next tile computes; the
     last chunk of a tile is issued only once that register is free and no earlier tile end is
     in the pipeline, so with ``res`` always ready the engine reads a weight word every cycle
     whenever ``chunks >= params.pipeline_depth + 1``. A tile's result is valid
@@ -243,8 +244,6 @@ class TernaryMatVec(wiring.Component):
             x_rd = xmem.read_port(transparent_for=())
             x_wr = xmem.write_port()
 
-        base = Signal(lay.addr_shape)
-
         # issue stage: `last_chunk` = chunks - 1 is registered so no subtraction sits in a loop
         waddr = Signal(lay.addr_shape)
         last_chunk = Signal.like(self.cmd.payload.chunks)
@@ -275,37 +274,44 @@ class TernaryMatVec(wiring.Component):
         m.d.comb += last_in_flight.eq(Cat(s.valid & s.last for s in stages).any())
 
         running = Signal()
+        loading = Signal()          # LOAD: each activation word also issues its chunk of the first tile
         issue = Signal()
-        m.d.comb += issue.eq(running & ~(is_last & (bank_full | last_in_flight)))
+        m.d.comb += issue.eq(Mux(loading, self.act.valid, running & ~(is_last & (bank_full | last_in_flight))))
 
         m.d.comb += [
-            self.wr.ready.eq(~running),
-            wmem.addr.eq(Mux(running, waddr, self.wr.payload.addr)),
+            self.wr.ready.eq(~running & ~loading),
+            wmem.addr.eq(Mux(running | loading, waddr, self.wr.payload.addr)),
             wmem.wr_data.eq(self.wr.payload.data),
-            wmem.we.eq(self.wr.valid & ~running),
+            wmem.we.eq(self.wr.valid & ~running & ~loading),
             x_rd.addr.eq(chunk),
             x_wr.data.eq(self.act.payload),
         ]
 
-        xcount = Signal.like(last_chunk)
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
                 # a command with no rows or no columns is consumed and produces no result
                 with m.If(self.cmd.valid & (self.cmd.payload.rows != 0) & (self.cmd.payload.chunks != 0)):
-                    m.d.sync += [base.eq(self.cmd.payload.base), rows_left.eq(self.cmd.payload.rows),
-                                 last_chunk.eq(self.cmd.payload.chunks - 1), xcount.eq(0),
-                                 last_chunk_m1.eq(self.cmd.payload.chunks - 2),
-                                 single.eq(self.cmd.payload.chunks == 1)]
+                    chunks = self.cmd.payload.chunks
+                    m.d.sync += [waddr.eq(self.cmd.payload.base),
+                                 rows_left.eq(self.cmd.payload.rows), last_chunk.eq(chunks - 1), chunk.eq(0),
+                                 last_chunk_m1.eq(chunks - 2), single.eq(chunks == 1), is_last.eq(chunks == 1)]
                     m.next = "LOAD"
             with m.State("LOAD"):
-                m.d.comb += [self.busy.eq(1), self.act.ready.eq(1),
-                             x_wr.addr.eq(xcount), x_wr.en.eq(self.act.valid)]
+                # each activation word is stored (for the later tiles) and, bypassing the store,
+                # multiplies its chunk of the first tile's weights at once
+                m.d.comb += [self.busy.eq(1), self.act.ready.eq(1), loading.eq(1),
+                             x_wr.addr.eq(chunk), x_wr.en.eq(self.act.valid)]
                 with m.If(self.act.valid):
-                    m.d.sync += xcount.eq(xcount + 1)
-                    with m.If(xcount == last_chunk):
-                        m.d.sync += [waddr.eq(base), chunk.eq(0), is_last.eq(single)]
-                        m.next = "RUN"
+                    m.d.sync += waddr.eq(waddr + 1)
+                    with m.If(is_last):
+                        m.d.sync += [chunk.eq(0), is_last.eq(single), rows_left.eq(rows_left - p.lanes)]
+                        with m.If(is_final):
+                            m.next = "DRAIN"
+                        with m.Else():
+                            m.next = "RUN"
+                    with m.Else():
+                        m.d.sync += [chunk.eq(chunk + 1), is_last.eq(~(chunk ^ last_chunk_m1).any())]
             with m.State("RUN"):
                 m.d.comb += [self.busy.eq(1), running.eq(1)]
                 with m.If(issue):
@@ -330,8 +336,14 @@ class TernaryMatVec(wiring.Component):
             m.d.sync += nxt.eq(prev)
         acc_stage = stages[-1]
 
-        # datapath: one TritDot and one accumulator per lane
-        w_word, x_word = wmem.rd_data, x_rd.data
+        # datapath: one TritDot and one accumulator per lane; a chunk issued while loading takes
+        # its activation word from the stream, delayed as the stored words are (`x_latency`)
+        x_latency = 2 if p.read_register else 1
+        bypass = [(Signal(), Signal(lay.activation, reset_less=True)) for _ in range(x_latency)]
+        m.d.sync += [bypass[0][0].eq(loading), bypass[0][1].eq(self.act.payload)]
+        for (v_prev, w_prev), (v, w) in zip(bypass, bypass[1:]):
+            m.d.sync += [v.eq(v_prev), w.eq(w_prev)]
+        w_word, x_word = wmem.rd_data, Mux(bypass[-1][0], bypass[-1][1], x_rd.data)
         if p.read_register and wmem.latency == 1:  # SPRAM: the read register is in the fabric
             w_word = Signal.like(wmem.rd_data, reset_less=True)
             m.d.sync += w_word.eq(wmem.rd_data)

@@ -204,10 +204,10 @@ CONFIGS = {
     "odd": EngineParams(lanes=3, trits=3, packing="trit2", max_k=200, weight_depth=128),
     "default-reg": EngineParams(lanes=8, trits=4, packing="trit2", max_k=1024, weight_depth=512,
                                 read_register=True),
-    # the ULX3S 85F board's engine: 32 lanes x 4 trits (128 MAC/cycle) over 64 DP16KD (4096 words
-    # of 256 bits, 512K trits); beside the on-chip LM step, 4x the default's lanes cut a token by
-    # 30% (docs/lmcore.md)
-    "ulx3s": EngineParams(lanes=32, trits=4, packing="trit2", max_k=2048, weight_depth=4096),
+    # the ULX3S 85F board's engine: 64 lanes x 4 trits (256 MAC/cycle) over 57 DP16KD (2048 words
+    # of 512 bits, 512K trits); beside the on-chip LM step (docs/lmcore.md: cycles per token for
+    # 8, 16, 32 and 64 lanes)
+    "ulx3s": EngineParams(lanes=64, trits=4, packing="trit2", max_k=2048, weight_depth=2048),
 }
 
 

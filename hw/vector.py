@@ -41,7 +41,9 @@ class VOp(enum.Enum, shape=4):
 #: The vector unit's widths: elements per cycle of an aligned elementwise instruction.
 LANES = (1, 2, 4)
 #: Quotient bits per cycle of the scalar divider (``quant``'s reciprocal, ``gain``'s quotient).
-DIVIDER_BITS = 3
+DIVIDER_BITS = 2
+#: Root bits per cycle of the scalar square root (``gain``).
+ROOT_BITS = 2
 #: Width of an instruction's element count (up to :data:`golden.MAX_VECTOR`).
 COUNT_BITS = golden.MAX_VECTOR.bit_length()
 
@@ -108,19 +110,25 @@ def decode(bits, layout):
 class SerialDivider(wiring.Component):
     """Unsigned ``floor(num / den)``, ``bits_per_cycle`` quotient bits per cycle (restoring division).
 
+    ``skip``: the top ``skip`` (at most ``den_width``) quotient bits are known to be zero, that is,
+    ``num >> (num_width - skip) < den`` for every request (the sender's promise): they take no
+    cycles.
+
     Members
     -------
     req : In(stream: ``num`` (``num_width`` bits), ``den`` (``den_width`` bits, non-zero))
     res : Out(stream: quotient, ``num_width`` bits)
-        The quotient is offered ``ceil(num_width / bits_per_cycle) + 1`` cycles after the request
-        is taken; a new request is taken once it has been.
+        The quotient is offered ``ceil((num_width - skip) / bits_per_cycle) + 1`` cycles after the
+        request is taken; a new request is taken once it has been.
     """
 
-    def __init__(self, *, num_width, den_width, bits_per_cycle=1):
+    def __init__(self, *, num_width, den_width, bits_per_cycle=1, skip=0):
         for name, value in (("num_width", num_width), ("den_width", den_width), ("bits_per_cycle", bits_per_cycle)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise rejected(self, TritiumValueError(f"{name} = {value!r} must be a positive integer"))
-        self.num_width, self.den_width, self.bits_per_cycle = num_width, den_width, bits_per_cycle
+        if isinstance(skip, bool) or not isinstance(skip, int) or not 0 <= skip <= min(den_width, num_width - 1):
+            raise rejected(self, TritiumValueError(f"skip = {skip!r} must be an integer in 0..{min(den_width, num_width - 1)}"))
+        self.num_width, self.den_width, self.bits_per_cycle, self.skip = num_width, den_width, bits_per_cycle, skip
         super().__init__({
             "req": In(stream.Signature(data.StructLayout({"num": num_width, "den": den_width}))),
             "res": Out(stream.Signature(num_width)),
@@ -128,17 +136,17 @@ class SerialDivider(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        r, dw = self.bits_per_cycle, self.den_width
-        steps = -(-self.num_width // r)
-        nw = steps * r                  # the numerator padded with leading zeros to whole steps
-        num, den = Signal(nw), Signal(dw)
+        r, dw, width = self.bits_per_cycle, self.den_width, self.num_width
+        steps = -(-(width - self.skip) // r)
+        nw = steps * r                  # the numerator bits the steps take (padded with leading zeros
+        num, den = Signal(nw), Signal(dw)      # when more than all); those above start the remainder
         rem = Signal(dw + 1)
         count = Signal(range(steps + 1))
         busy = Signal()
-        m.d.comb += [self.req.ready.eq(~busy & ~self.res.valid), self.res.payload.eq(num[:self.num_width])]
+        m.d.comb += [self.req.ready.eq(~busy & ~self.res.valid), self.res.payload.eq(num[:width])]
         with m.If(self.req.valid & self.req.ready):
-            m.d.sync += [num.eq(self.req.payload.num), den.eq(self.req.payload.den), rem.eq(0),
-                         count.eq(steps), busy.eq(1)]
+            m.d.sync += [num.eq(self.req.payload.num[:nw]), den.eq(self.req.payload.den),
+                         rem.eq(self.req.payload.num[nw:] if nw < width else 0), count.eq(steps), busy.eq(1)]
         # each of the r steps shifts the next numerator bit into the remainder and keeps the
         # difference when it is non-negative (the remainder stays below `den`)
         rem_k, num_k = rem, num
@@ -159,41 +167,49 @@ class SerialDivider(wiring.Component):
 
 
 class SerialSqrt(wiring.Component):
-    """``floor(sqrt(x))`` of an unsigned ``width``-bit ``x`` (``width`` even), two bits per cycle
-    (the digit-by-digit method).
+    """``floor(sqrt(x))`` of an unsigned ``width``-bit ``x`` (``width`` even), ``bits_per_cycle``
+    root bits per cycle (the digit-by-digit method).
 
     Members
     -------
     req : In(stream of ``width`` bits)
-    res : Out(stream of ``width // 2`` bits), offered ``width // 2 + 1`` cycles after the request.
+    res : Out(stream of ``width // 2`` bits), offered ``ceil(width / 2 / bits_per_cycle) + 1``
+        cycles after the request.
     """
 
-    def __init__(self, *, width):
-        if width % 2:
-            raise rejected(self, TritiumValueError(f"SerialSqrt width = {width} must be even"))
-        self.width = width
+    def __init__(self, *, width, bits_per_cycle=1):
+        if isinstance(width, bool) or not isinstance(width, int) or width < 2 or width % 2:
+            raise rejected(self, TritiumValueError(f"SerialSqrt width = {width!r} must be a positive even integer"))
+        if isinstance(bits_per_cycle, bool) or not isinstance(bits_per_cycle, int) or bits_per_cycle < 1:
+            raise rejected(self, TritiumValueError(f"bits_per_cycle = {bits_per_cycle!r} must be a positive integer"))
+        self.width, self.bits_per_cycle = width, bits_per_cycle
         super().__init__({"req": In(stream.Signature(width)), "res": Out(stream.Signature(width // 2))})
 
     def elaborate(self, platform):
         m = Module()
-        w, h = self.width, self.width // 2
+        r = self.bits_per_cycle
+        steps = -(-(self.width // 2) // r)
+        h = steps * r                   # root bits, the radicand padded with leading zeros
+        w = 2 * h
         x = Signal(w)
         rem = Signal(h + 2)
         root = Signal(h)
-        count = Signal(range(h + 1))
+        count = Signal(range(steps + 1))
         busy = Signal()
-        cur = Signal(h + 4)
-        trial = Signal(h + 4)
-        m.d.comb += [self.req.ready.eq(~busy & ~self.res.valid), self.res.payload.eq(root),
-                     cur.eq(Cat(x[-2:], rem)), trial.eq(cur - Cat(Const(1, 2), root))]
+        m.d.comb += [self.req.ready.eq(~busy & ~self.res.valid), self.res.payload.eq(root[:self.width // 2])]
         with m.If(self.req.valid & self.req.ready):
-            m.d.sync += [x.eq(self.req.payload), rem.eq(0), root.eq(0), count.eq(h), busy.eq(1)]
+            m.d.sync += [x.eq(self.req.payload), rem.eq(0), root.eq(0), count.eq(steps), busy.eq(1)]
+        # each step brings down the next two radicand bits and keeps `rem - (4 root + 1)` when it
+        # is non-negative (a 1 bit of the root)
+        x_k, rem_k, root_k = x, rem, root
+        for k in range(r):
+            cur, trial = Signal(h + 4, name=f"cur{k}"), Signal(h + 4, name=f"trial{k}")
+            m.d.comb += [cur.eq(Cat(x_k[-2:], rem_k)), trial.eq(cur - Cat(Const(1, 2), root_k))]
+            rem_n, root_n = Signal.like(rem, name=f"srem{k}"), Signal.like(root, name=f"root{k}")
+            m.d.comb += [rem_n.eq(Mux(trial[-1], cur, trial)), root_n.eq(Cat(~trial[-1], root_k[:-1]))]
+            x_k, rem_k, root_k = (x_k << 2)[:w], rem_n, root_n
         with m.If(busy):
-            m.d.sync += [x.eq(x << 2), count.eq(count - 1)]
-            with m.If(~trial[-1]):
-                m.d.sync += [rem.eq(trial), root.eq((root << 1) | 1)]
-            with m.Else():
-                m.d.sync += [rem.eq(cur), root.eq(root << 1)]
+            m.d.sync += [x.eq(x_k), rem.eq(rem_k), root.eq(root_k), count.eq(count - 1)]
             with m.If(count == 1):
                 m.d.sync += [busy.eq(0), self.res.valid.eq(1)]
         with m.If(self.res.valid & self.res.ready):
@@ -288,19 +304,23 @@ class VectorUnit(wiring.Component):
     cmem_depth : int
         Constant mantissas (int8).
     lanes : int
-        1 or 2: elements per cycle of an elementwise instruction whose ``dst``, ``a``, ``b`` and
-        ``c`` are multiples of ``lanes``, and of a ``quant`` whose ``a`` is (others take one per
-        cycle). Speed only: every result is the same.
+        1, 2 or 4: elements per cycle of an elementwise instruction whose ``dst``, ``a``, ``b``
+        and ``c`` are multiples of ``lanes``, of a ``quant`` whose ``a`` is and of a rescaling
+        ``matvec`` whose ``dst`` is (others take one per cycle). Speed only: every result is the
+        same.
 
     Members
     -------
     instr : In(stream of :func:`instruction_layout`)
         Taken when the unit is idle (``ready``); the next is taken once it has finished. An
         elementwise instruction streams one element (or ``lanes``) per cycle: ``ceil(n / lanes)
-        + 10`` cycles with no stall (a 7-stage pipeline, two cycles of reduction); ``quant``
-        first normalises ``M`` and divides (about 40 cycles), ``gain`` normalises, takes a
-        62-bit root and divides (about 110 cycles); a ``quant`` with ``imm != 0`` takes its
-        ``gain`` while its activations stream, and ends when both are done.
+        + 10`` cycles with no stall (a 7-stage pipeline), 2 more with a reduction (folded in
+        over 4 cycles); ``quant`` first normalises ``M`` (2 cycles) and divides (``DIVIDER_BITS``
+        quotient bits a cycle, the top 15 known to be zero: 13 cycles), ``gain`` normalises, takes a 62-bit root
+        (``ROOT_BITS`` a cycle) and divides (about 60 cycles). A ``quant`` with ``imm != 0``
+        starts its ``gain`` as its activations stream and ends with the activations; until the
+        gain is taken only a ``matvec`` is accepted, and a rescaling one issues no product
+        before it.
     ext : In(stream of :func:`ext_layout`)
         The ``n`` values an ``embed`` or ``matvec`` instruction writes to ``dst``, in order,
         ``values[0 .. count-1]`` of each transfer; every transfer but an instruction's last
@@ -352,8 +372,10 @@ class VectorUnit(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         m.submodules.vmem, m.submodules.cmem, m.submodules.sigmoid = self.vmem, self.cmem, self.sigmoid
-        m.submodules.div = div = SerialDivider(num_width=39, den_width=16, bits_per_cycle=DIVIDER_BITS)
-        m.submodules.sqrt = sqrt = SerialSqrt(width=62)
+        # the divider's numerators: 127 << 30 over a 15-bit M (quant), mn * imm << 8 < 2**39 over a
+        # 16-bit root (gain): the top 15 bits of either are below its denominator (skip)
+        m.submodules.div = div = SerialDivider(num_width=39, den_width=16, bits_per_cycle=DIVIDER_BITS, skip=15)
+        m.submodules.sqrt = sqrt = SerialSqrt(width=62, bits_per_cycle=ROOT_BITS)
         L = self.lanes
         lane_bits = (L - 1).bit_length()
         ra = self.vmem.read_port(transparent_for=())
@@ -388,7 +410,7 @@ class VectorUnit(wiring.Component):
         m.d.sync += nx_len.eq(_bit_length(m, nx))
         mn, ms = Signal(16), Signal(signed(8))
         kk = Signal(6)
-        gnum, gimm, gbit = Signal(31), Signal(16), Signal(4)
+        gnum, gimm, gbit, gmul = Signal(31), Signal(16), Signal(4), Signal()
         issue = Signal(COUNT_BITS + 1)
         wcount = Signal(COUNT_BITS + 1)
         advance = Signal()
@@ -567,22 +589,36 @@ class VectorUnit(wiring.Component):
                              wr.data.eq(Mux(wide, Cat(*result), Cat(*(result[0] for _ in range(L))))),
                              wr.en.eq(Mux(wide, last, one_hot(lane_of(elem))))]
             m.d.sync += [red_v.eq(Mux(cur.red != 0, last, 0))] + [red_val[k].eq(result[k]) for k in range(L)]
-        # reductions: |value| against M; the square (after the shift), then its sum into SS
+        # reductions, pipelined: each lane's |value| and square (after the shift), registered; the
+        # lanes' largest |value| and the sum of their squares by a tree, registered; then into M
+        # and SS (a lane that carries no element adds 0)
         absr = [Signal(33, name=f"absr_{k}") for k in range(L)]
+        abs_p = [Signal(33, name=f"abs_p_{k}") for k in range(L)]
         sq_in = [Signal(signed(27), name=f"sq_in_{k}") for k in range(L)]
         is_max, is_ss = cur.red == lmstep.RED_MAX, cur.red == lmstep.RED_SUMSQ
-        new_m = reg_m
+        mx_v = Signal()
         for k in range(L):
             m.d.comb += [absr[k].eq(Mux(red_val[k] < 0, -red_val[k], red_val[k])),
                          sq_in[k].eq(red_val[k] >> golden.SUMSQ_SHIFT)]
-            m.d.sync += sq_p[k].eq(sq_in[k] * sq_in[k])
-            new_m = Mux(red_v[k] & (absr[k] > new_m), absr[k], new_m)
-        m.d.sync += sq_v.eq(Mux(is_ss, red_v, 0))
-        with m.If(is_max):
-            m.d.sync += reg_m.eq(new_m)
-        with m.If(sq_v.any()):
-            m.d.sync += reg_ss.eq(reg_ss + sum(Mux(sq_v[k], sq_p[k], 0) for k in range(L)))
-        red_pending = red_v.any() | sq_v.any()
+            m.d.sync += [sq_p[k].eq(sq_in[k] * sq_in[k]), abs_p[k].eq(Mux(red_v[k], absr[k], 0))]
+        m.d.sync += [sq_v.eq(Mux(is_ss, red_v, 0)), mx_v.eq(is_max & red_v.any())]
+
+        def tree(values, combine):
+            while len(values) > 1:
+                values = [combine(values[i], values[i + 1]) if i + 1 < len(values) else values[i]
+                          for i in range(0, len(values), 2)]
+            return values[0]
+
+        part_m, part_ss = Signal(33), Signal(62)
+        part_mv, part_sv = Signal(), Signal()
+        m.d.sync += [part_m.eq(tree(abs_p, lambda x, y: Mux(x > y, x, y))),
+                     part_ss.eq(tree([Mux(sq_v[k], sq_p[k], 0) for k in range(L)], lambda x, y: x + y)),
+                     part_mv.eq(mx_v), part_sv.eq(sq_v.any())]
+        with m.If(part_mv & (part_m > reg_m)):
+            m.d.sync += reg_m.eq(part_m)
+        with m.If(part_sv):
+            m.d.sync += reg_ss.eq(reg_ss + part_ss)
+        red_pending = red_v.any() | sq_v.any() | mx_v | part_mv | part_sv
 
         # issue: read the words of element `issue` of a, b and c (a wide issue: L elements from
         # aligned words; a rescaling matvec: take the element from `ext`)
@@ -719,16 +755,10 @@ class VectorUnit(wiring.Component):
                     m.next = "G_NORM_M"
             with m.State("G_NORM_M"):
                 normalise(golden.QUANT_NORM_BITS, "G_K")
-            with m.State("G_K"):
+            with m.State("G_K"):        # gnum = mn * imm from here on, beside the root (gmul)
                 m.d.sync += [mn.eq(nx), ms.eq(ns), nx.eq(reg_ss), kk.eq(0), gnum.eq(0), gimm.eq(cur.imm),
-                             gbit.eq(0)]
-                m.next = "G_MUL"
-            with m.State("G_MUL"):      # gnum = mn * imm, shift and add over the 16 bits of imm
-                with m.If(gimm[0]):
-                    m.d.sync += gnum.eq(gnum + (mn << gbit))
-                m.d.sync += [gimm.eq(gimm >> 1), gbit.eq(gbit + 1)]
-                with m.If(gbit == 15):
-                    m.next = "G_K_LOOP"
+                             gbit.eq(0), gmul.eq(1)]
+                m.next = "G_K_LOOP"
             with m.State("G_K_LOOP"):   # SS times 4**kk, the least kk that makes it 60 bits or more
                 with m.If(~norm_wait):      # (its root then has 30 or 31 bits): `nx_len` catches up
                     m.d.sync += norm_wait.eq(1)
@@ -753,15 +783,21 @@ class VectorUnit(wiring.Component):
             with m.State("G_NORM_R"):
                 normalise(golden.RSQRT_NORM_BITS, "G_DIV")
             with m.State("G_DIV"):
-                m.d.comb += [div.req.valid.eq(1), div.req.payload.num.eq(gnum << golden.GAIN_SHIFT),
+                m.d.comb += [div.req.valid.eq(~gmul), div.req.payload.num.eq(gnum << golden.GAIN_SHIFT),
                              div.req.payload.den.eq(nx)]
-                with m.If(div.req.ready):
+                with m.If(div.req.ready & ~gmul):
                     m.next = "G_WAIT"
             with m.State("G_WAIT"):
                 with m.If(div.res.valid):
                     m.d.sync += [reg_g.eq(div.res.payload),
                                  reg_gs.eq(golden.GAIN_SHIFT + cur.shift - ms + ns - kk)]
                     m.next = "G_IDLE"
-        m.d.comb += gain_busy.eq(~gfsm.ongoing("G_IDLE"))
+        # gnum = mn * imm: shift and add, 2 bits of imm a cycle, while the root is taken
+        with m.If(gmul):
+            part = Mux(gimm[0], mn, 0) + Mux(gimm[1], mn << 1, 0)
+            m.d.sync += [gnum.eq(gnum + (part << gbit)), gimm.eq(gimm >> 2), gbit.eq(gbit + 2)]
+            with m.If(gbit == 14):
+                m.d.sync += gmul.eq(0)
+        m.d.comb += gain_busy.eq(~gfsm.ongoing("G_IDLE") | gmul)
         m.d.comb += self.busy.eq(running | ~fsm.ongoing("IDLE"))
         return m

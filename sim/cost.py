@@ -52,9 +52,9 @@ def product_cycles(params, m, k):
     """Cycles from one command's acceptance to the next command's earliest acceptance, for an
     ``m x k`` product with activations offered every cycle and ``res`` always ready.
 
-    ``chunks`` cycles load the activations, the first tile takes ``chunks`` cycles, each later
-    tile ``max(chunks, D + 2)`` (a tile end waits for the previous one to leave the output
-    register), and ``D + 3`` cycles drain the pipeline and return to idle, where
+    ``chunks`` cycles load the activations and compute the first tile with them as they come,
+    each later tile takes ``max(chunks, D + 2)`` (a tile end waits for the previous one to leave
+    the output register), and ``D + 3`` cycles drain the pipeline and return to idle, where
     ``D = params.pipeline_depth``.
     ``tiles * chunks`` of these cycles read a weight word: the weight-bandwidth roofline.
     Raises :class:`TritiumValueError` for a shape the engine cannot run.
@@ -63,7 +63,7 @@ def product_cycles(params, m, k):
     chunks = -(-k // params.trits)
     tiles = -(-m // params.lanes)
     depth = params.pipeline_depth
-    return 2 * chunks + (tiles - 1) * max(chunks, depth + 2) + depth + 3
+    return chunks + (tiles - 1) * max(chunks, depth + 2) + depth + 3
 
 
 def matvec_device_cycles(params, m, k):

@@ -25,30 +25,31 @@ UP5K = CONFIGS["up5k-spram"]
 def test_product_link_and_device_costs_match_a_hand_calculation():
     # up5k-spram: 8 lanes x 4 trits, pipeline depth D = 3, 20-bit accumulators -> 3 bytes per result.
     # A 64 x 256 product: chunks = 256 / 4 = 64, tiles = 64 / 8 = 8.
-    #   engine:  2*64 + (8 - 1) * max(64, D + 2) + D + 3 = 128 + 448 + 6 = 582 cycles
-    #   device:  582 + 2 cycles x 256 activation bytes + 1 cycle x 64 * 3 result bytes = 1286 cycles
+    #   engine:  64 + (8 - 1) * max(64, D + 2) + D + 3 = 64 + 448 + 6 = 518 cycles (the first tile
+    #            computed while the activations load)
+    #   device:  518 + 2 cycles x 256 activation bytes + 1 cycle x 64 * 3 result bytes = 1222 cycles
     #   link:    request 7 (frame) + 1 (slot) + 256, reply 7 + 64 * 3 = 264 + 199 = 463 bytes
-    assert cost.product_cycles(UP5K, 64, 256) == 582
-    assert cost.matvec_device_cycles(UP5K, 64, 256) == 1286
+    assert cost.product_cycles(UP5K, 64, 256) == 518
+    assert cost.matvec_device_cycles(UP5K, 64, 256) == 1222
     assert cost.matvec_link_bytes(UP5K, 64, 256) == 463
     # odd (3 lanes x 3 trits): K = 10 pads to 4 chunks = 12 activation bytes; 7 rows -> 3 tiles;
-    # engine 2*4 + 2 * max(4, 5) + 6 = 24 cycles
-    assert cost.product_cycles(CONFIGS["odd"], 7, 10) == 24
+    # engine 4 + 2 * max(4, 5) + 6 = 20 cycles
+    assert cost.product_cycles(CONFIGS["odd"], 7, 10) == 20
     assert cost.matvec_link_bytes(CONFIGS["odd"], 7, 10) == 8 + 12 + 7 + 7 * P.acc_bytes(CONFIGS["odd"])
 
 
 def test_token_cost_adds_link_and_compute_time():
     r = cost.token_cost(UP5K, [(64, 256), (128, 128)], clock_hz=12e6, baud=1_000_000)
-    # 128 x 128: chunks 32, tiles 16: engine 64 + 15 * 32 + 6 = 550, device 550 + 256 + 384 = 1190,
+    # 128 x 128: chunks 32, tiles 16: engine 32 + 15 * 32 + 6 = 518, device 518 + 256 + 384 = 1158,
     # link 8 + 128 + 7 + 384 = 527 bytes
     assert r["products_per_token"] == 2
     assert r["link_bytes_per_token"] == 463 + 527
-    assert r["device_cycles_per_token"] == 1286 + 1190
-    # 990 bytes x 10 bits at 1 Mbaud = 9.9 ms; 2476 cycles at 12 MHz = 0.2063 ms; not overlapped
+    assert r["device_cycles_per_token"] == 1222 + 1158
+    # 990 bytes x 10 bits at 1 Mbaud = 9.9 ms; 2380 cycles at 12 MHz = 0.1983 ms; not overlapped
     assert r["link_s_per_token"] == pytest.approx(9.9e-3)
-    assert r["compute_s_per_token"] == pytest.approx(2476 / 12e6)
-    assert r["tokens_per_s"] == pytest.approx(1 / (9.9e-3 + 2476 / 12e6))
-    assert r["compute_only_tokens_per_s"] == pytest.approx(12e6 / 2476)
+    assert r["compute_s_per_token"] == pytest.approx(2380 / 12e6)
+    assert r["tokens_per_s"] == pytest.approx(1 / (9.9e-3 + 2380 / 12e6))
+    assert r["compute_only_tokens_per_s"] == pytest.approx(12e6 / 2380)
     assert r["bound"] == "link"
     # a measured byte count replaces the model's; a fast link makes the same token compute-bound
     measured = cost.token_cost(UP5K, [(64, 256)], clock_hz=12e6, baud=1e9, link_bytes=500)

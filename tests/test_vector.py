@@ -13,24 +13,33 @@ from tritium.sim.lmstep import Op
 from tritium.sim.vector_tb import run_vector_program
 
 
-@pytest.mark.parametrize("bits_per_cycle", [1, 2, 3, 4])
-def test_serial_divider_is_floor_division(bits_per_cycle):
-    # one to four quotient bits a cycle (39 is a multiple of neither 2 nor 4: the padding too)
+@pytest.mark.parametrize("bits_per_cycle, skip", [(1, 0), (2, 0), (3, 0), (4, 0), (2, 15), (3, 15), (2, 16), (1, 5)])
+def test_serial_divider_is_floor_division(bits_per_cycle, skip):
+    # one to four quotient bits a cycle (39 is a multiple of neither 2 nor 4: the padding too);
+    # with `skip`, numerators whose top `skip` bits are below the denominator (the promise), the
+    # edge of it included, and the vector unit's two uses (a 15-bit M, a 16-bit root)
     rng = np.random.default_rng(5)
     pairs = [(0, 1), (1, 1), (2**39 - 1, 1), (2**39 - 1, 2**16 - 1), (127 << 30, 2**14), (127 << 30, 2**15 - 1)]
     pairs += [(int(rng.integers(0, 2**39)), int(rng.integers(1, 2**16))) for _ in range(60)]
-    dut = SerialDivider(num_width=39, den_width=16, bits_per_cycle=bits_per_cycle)
+    pairs += [((127 << 30), int(rng.integers(2**14, 2**15))) for _ in range(10)]
+    pairs += [(int(rng.integers(0, 2**31)) << 8, int(rng.integers(2**15, 2**16))) for _ in range(10)]
+    pairs += [(((d - 1) << (39 - skip)) | (2**(39 - skip) - 1), d) for d in (1, 2, 2**14, 2**16 - 1)]
+    pairs = [(n, d) for n, d in pairs if n < 2**39 and n >> (39 - skip) < d]
+    assert len(pairs) > 40
+    dut = SerialDivider(num_width=39, den_width=16, bits_per_cycle=bits_per_cycle, skip=skip)
     layout = dut.req.payload.shape()
     got = run_requests(dut, [layout.const({"num": n, "den": d}).as_bits() for n, d in pairs], seed=1)
     # every quotient equals Python's floor division
     assert got == [n // d for n, d in pairs]
 
 
-def test_serial_sqrt_is_the_integer_root():
+@pytest.mark.parametrize("bits_per_cycle", [1, 2, 3])
+def test_serial_sqrt_is_the_integer_root(bits_per_cycle):
+    # one to three root bits a cycle (31 root bits: a multiple of neither 2 nor 3, the padding too)
     rng = np.random.default_rng(6)
     xs = [0, 1, 2, 3, 4, 2**62 - 1, 2**61, (2**31 - 1) ** 2, (2**31 - 1) ** 2 - 1]
     xs += [int(v) for v in rng.integers(0, 2**62, 60)] + [int(v) ** 2 + d for v in rng.integers(0, 2**31, 10) for d in (-1, 0, 1) if int(v) ** 2 + d >= 0]
-    got = run_requests(SerialSqrt(width=62), xs, seed=2)
+    got = run_requests(SerialSqrt(width=62, bits_per_cycle=bits_per_cycle), xs, seed=2)
     assert got == [math.isqrt(x) for x in xs]
 
 

@@ -13,12 +13,14 @@ check both against the RTL and the spec).
 The algorithm (``docs/vector.md``, "Token sampler"), every test on ``d = max - logit``:
 
 1. *max pass*: the largest logit and its lowest id (the greedy choice).
-2. *count passes* (top-k only, ``1 < top_k < vocab``): a binary search for the threshold ``D``,
-   the smallest ``d`` with ``count(d_i <= D) >= top_k`` (the k-th largest logit's), over ``0 ..
-   Z`` where ``Z = 2**28 >> floor(log2(inv_temperature))``: every ``d >= Z`` has weight 0
-   (``d * inv_temperature >= 2**28``, below). Each probe of ``mid`` is one pass counting
-   ``d_i <= mid``; a count of exactly ``top_k`` ends the search at once (the candidates are then
-   exactly ``d_i <= mid``). The candidates are every ``d_i < D`` and the lowest-id ``d_i == D``
+2. *count passes* (top-k only, ``1 < top_k < vocab``): a search for the threshold ``D``, the
+   smallest ``d`` with ``count(d_i <= D) >= top_k`` (the k-th largest logit's), over ``lo ..
+   hi``, first ``0 .. Z`` where ``Z = 2**28 >> floor(log2(inv_temperature))``: every ``d >= Z``
+   has weight 0 (``d * inv_temperature >= 2**28``, below). Each pass counts ``d_i <= p`` for
+   three probes ``p`` at once, at a quarter, a half and three quarters of the interval (``lo +
+   s // 4``, ``lo + s // 2``, ``lo + s // 2 + s // 4`` for ``s = hi - lo``), and keeps the part
+   below the first probe whose count reaches ``top_k``; a count of exactly ``top_k`` ends the
+   search at once (the candidates are then exactly ``d_i <= p``). The candidates are every ``d_i < D`` and the lowest-id ``d_i == D``
    until ``top_k`` are taken: the spec's order (value descending, then id). Where the search
    ends at ``Z`` (fewer than ``top_k`` logits with ``d < Z``) the candidates may differ from the
    spec's only in logits of weight 0, which can neither add to the sum nor be picked. Top-1 is
@@ -308,12 +310,12 @@ class TokenSampler(wiring.Component):
                                                  last), C_I candidates among them; the offer
 
     ``C`` is ``min(top_k, V)``, or ``V`` without top-k. ``P`` is 0 without top-k (``top_k`` 0, 1
-    or ``>= V``), else at most ``29 - floor(log2(inv_temperature))`` (21 at ``inv_temperature =
-    256``: one per bit of the zero-weight bound ``Z``, see the module's docstring), fewer when a
-    count equals ``top_k`` (on distinct logits the search typically stops once a probe falls in
-    the gap between the k-th and the next logit).
+    or ``>= V``), else at most ``(30 - floor(log2(inv_temperature))) // 2`` (11 at
+    ``inv_temperature = 256``: one per two bits of the zero-weight bound ``Z``, see the module's
+    docstring), fewer when a count equals ``top_k`` (on distinct logits the search typically stops
+    once a probe falls in the gap between the k-th and the next logit).
     E.g. ``V = 256``, ``L = 2``, ``inv_temperature = 256`` (``W = 13``): greedy 260 cycles; no
-    top-k at most 8,487; top-k 40 at most 8,331 (21 count passes, reached only when more than
+    top-k at most 8,487; top-k 40 at most 5,731 (11 count passes, reached only when more than
     ``top_k`` logits tie at the max). ``vocab = 0``: 1 cycle.
     """
 
@@ -353,7 +355,9 @@ class TokenSampler(wiring.Component):
         # count(d <= lo - 1) = below < top_k; `ref` is the probe, then D
         span = range(PRODUCT_CLAMP + 1)
         lo, hi, ref = Signal(span), Signal(span), Signal(span)
-        count, below = Signal(range(V + 1)), Signal(range(V + 1))
+        probes = [Signal(span, name=f"probe{j}") for j in range(3)]     # a count pass's three probes
+        counts = [Signal(range(V + 1), name=f"count{j}") for j in range(3)]
+        below = Signal(range(V + 1))
         filtering = Signal()                       # top-k in force: candidates d < D, and the first
         ties, ties_seen = Signal(range(V + 1)), Signal(range(V + 1))   # `ties` of d == D
         # the sum of the weights, then (after the draw) the running sum up to the pick
@@ -420,7 +424,7 @@ class TokenSampler(wiring.Component):
                         with m.If((idx == 0) | (d < 0)):
                             m.d.sync += [zmax.eq(z), arg.eq(idx)]
                     with m.Else():
-                        m.d.sync += count.eq(count + (diff <= 0))
+                        m.d.sync += [c.eq(c + (d <= pr)) for c, pr in zip(counts, probes)]
                     with m.If((idx + 1 == cmd.vocab) & (kind == _Pass.MAX)):
                         m.next = "MAX_END"
                     with m.Elif(idx + 1 == cmd.vocab):
@@ -472,16 +476,28 @@ class TokenSampler(wiring.Component):
                     m.d.sync += [ref.eq(lo), ties.eq(k - below), acc.eq(0)]
                     begin(_Pass.SUM)
                 with m.Else():
-                    m.d.sync += [ref.eq((lo + hi) >> 1), count.eq(0)]
+                    # three probes, at a quarter, half and three quarters of lo .. hi - 1
+                    span_q, span_h = ((hi - lo) >> 2)[:_D_BITS], ((hi - lo) >> 1)[:_D_BITS]
+                    m.d.sync += [probes[0].eq(lo + span_q), probes[1].eq(lo + span_h),
+                                 probes[2].eq(lo + span_h + span_q)] + [c.eq(0) for c in counts]
                     begin(_Pass.COUNT)
             with m.State("COUNT_END"):
-                with m.If(count > k):
-                    m.d.sync += hi.eq(ref)
-                with m.Elif(count == k):
-                    # exactly top_k with d <= ref: they are the candidates (d < ref + 1, no ties)
-                    m.d.sync += [lo.eq(ref + 1), hi.eq(ref + 1), below.eq(count)]
+                # the first probe whose count reaches top_k bounds the search; a count of exactly
+                # top_k ends it (those d <= probe are the candidates: d < probe + 1, no ties)
+                with m.If(counts[0] > k):
+                    m.d.sync += hi.eq(probes[0])
+                with m.Elif(counts[0] == k):
+                    m.d.sync += [lo.eq(probes[0] + 1), hi.eq(probes[0] + 1), below.eq(counts[0])]
+                with m.Elif(counts[1] > k):
+                    m.d.sync += [lo.eq(probes[0] + 1), below.eq(counts[0]), hi.eq(probes[1])]
+                with m.Elif(counts[1] == k):
+                    m.d.sync += [lo.eq(probes[1] + 1), hi.eq(probes[1] + 1), below.eq(counts[1])]
+                with m.Elif(counts[2] > k):
+                    m.d.sync += [lo.eq(probes[1] + 1), below.eq(counts[1]), hi.eq(probes[2])]
+                with m.Elif(counts[2] == k):
+                    m.d.sync += [lo.eq(probes[2] + 1), hi.eq(probes[2] + 1), below.eq(counts[2])]
                 with m.Else():
-                    m.d.sync += [lo.eq(ref + 1), below.eq(count)]
+                    m.d.sync += [lo.eq(probes[2] + 1), below.eq(counts[2])]
                 m.next = "SEARCH"
             with m.State("DRAW"):
                 # one xorshift32 step; target = (state * sum) >> 32
@@ -524,17 +540,20 @@ def choice_model(logits, params, rng_state, *, latency=1):
     filtering = 0 < k < V
     lo, hi, below, passes = 0, (PRODUCT_CLAMP >> (inv.bit_length() - 1) if filtering and k != 1 else 0), 0, 0
     while lo != hi:                                                # SEARCH, a count pass, COUNT_END
-        mid = (lo + hi) >> 1
-        count = sum(v <= mid for v in d)
+        span = hi - lo
+        probes = (lo + (span >> 2), lo + (span >> 1), lo + (span >> 1) + (span >> 2))
         cycles += V + latency + 2
         passes += 1
-        if count > k:
-            hi = mid
-        elif count == k:
-            lo = hi = mid + 1
-            below = count
-        else:
-            lo, below = mid + 1, count
+        for probe in probes:                                       # three probes a pass
+            count = sum(v <= probe for v in d)
+            if count > k:
+                hi = probe
+                break
+            if count == k:
+                lo = hi = probe + 1
+                below = count
+                break
+            lo, below = probe + 1, count
     cycles += 1                                                    # SEARCH: the sum pass begins
     ties = k - below
     weight = exp_weight_cycles(inv)

@@ -185,13 +185,18 @@ def build_plan(board, top=None, **opts):
     return board_platform(board).prepare(top if top is not None else BoardTop(board), name="top", **opts)
 
 
+#: Extra nextpnr options per board. The ULX3S's whole-token design routes with router2: router1
+#: spent over 25 minutes in rip-up on it (about 100,000 arcs left after 60,000 iterations).
+NEXTPNR_OPTS = {"ulx3s-85f": "--router router2"}
+
+
 def build(board, *, seed=1, clock_hz=None, out=None):
     """Build ``board``'s bitstream (system clock ``clock_hz``, default the board's) into ``out``
     (default :func:`board_build_dir`); returns the report dict (also written to report.json)."""
     top = BoardTop(board, clock_hz=clock_hz)
     platform = board_platform(board)
     out = pathlib.Path(out) if out is not None else board_build_dir(board)
-    opts = {"nextpnr_opts": f"--seed {seed} --report report.json --timing-allow-fail"}
+    opts = {"nextpnr_opts": f"--seed {seed} --report report.json --timing-allow-fail {NEXTPNR_OPTS.get(board, '')}".rstrip()}
     # prepare + execute_local rather than platform.build: the build script runs in its own
     # environment, and no programmer tool is required just to build (nothing is programmed here)
     plan = build_plan(board, top, **opts)

@@ -218,14 +218,13 @@ class SerialSqrt(wiring.Component):
 
 
 def _bit_length(m, value):
-    """A comb value: the bit length of unsigned ``value`` (0 for 0), by halves (a tree of
-    log2(width) multiplexers, not a chain)."""
-    w = len(value)
-    if w == 1:
-        return value[0]
-    lo_w = 1 << ((w - 1).bit_length() - 1)          # the low part: the largest power of 2 below w
-    hi, lo = value[lo_w:], value[:lo_w]
-    return Mux(hi.any(), lo_w + _bit_length(m, hi), _bit_length(m, lo))
+    """A comb signal: the bit length of unsigned ``value`` (0 for 0), a priority encoder over its
+    bits (constants only: no adder)."""
+    out = Signal(range(len(value) + 1), name="bit_length")
+    for i in range(len(value)):
+        with m.If(value[i]):
+            m.d.comb += out.eq(i + 1)
+    return out
 
 
 def _sat32(m, value, name):

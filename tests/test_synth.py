@@ -59,8 +59,10 @@ def test_icebreaker_bitstream_meets_timing():
 @pytest.mark.slow
 def test_ulx3s_bitstream_meets_timing():
     from tritium.hw.boards import build
+    # the whole-token design: its vector unit's products and sums of squares on MULT18X18D
     r = build("ulx3s-85f")
-    assert r["timing_met"] and r["dsp"]["used"] == 0
+    assert r["timing_met"], r
+    assert r["logic_cells"]["used"] <= r["logic_cells"]["available"] and 0 < r["dsp"]["used"] <= r["dsp"]["available"]
 
 
 def _dp16kd_pins(tmp_path, name, elaboratable, platform):

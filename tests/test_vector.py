@@ -261,3 +261,31 @@ def test_fgates_lower_bound_logic_is_exact_for_every_constant_and_shift():
     sim.add_testbench(bench)
     sim.run()
     assert np.array_equal(got, want)
+
+
+def test_bit_length_tree_is_exact():
+    # the normaliser's bit length (a tree of multiplexers) against int.bit_length, every width
+    # the unit uses and the edges of each
+    from amaranth.hdl import Module, Signal
+    from amaranth.sim import Simulator
+
+    from tritium.hw.vector import _bit_length
+    rng = np.random.default_rng(11)
+    m = Module()
+    xs = {w: Signal(w, name=f"x{w}") for w in (1, 5, 33, 64)}
+    outs = {w: _bit_length(m, x) for w, x in xs.items()}
+    cases = {w: [0, 1, 2**w - 1, 2**(w - 1)] + [int(rng.integers(0, 2**min(b, 62))) << max(0, b - 62)
+                                               for b in range(1, w + 1) for _ in range(3)] for w in xs}
+    got = []
+
+    async def bench(ctx):
+        for w, values in cases.items():
+            for v in values:
+                v &= (1 << w) - 1
+                ctx.set(xs[w], v)
+                got.append((ctx.get(outs[w]), v.bit_length()))
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+    assert len(got) > 300 and all(a == b for a, b in got)

@@ -368,9 +368,15 @@ class TokenSampler(wiring.Component):
         d = Signal(signed(33))
         diff = Signal(signed(34))
         candidate = Signal()
+        # `d - ref` and `d <= probe` as one comparison of z each (d - ref = (zmax - ref) - z): the
+        # thresholds registered, ready before the first word of a pass comes (each pass starts a
+        # cycle after SEARCH set its probes or `ref`, and a word comes a cycle after its request)
+        t_ref = Signal(signed(34))
+        t_probe = [Signal(signed(34), name=f"t_probe{j}") for j in range(3)]
+        m.d.sync += [t_ref.eq(zmax - ref)] + [t.eq(zmax - pr) for t, pr in zip(t_probe, probes)]
         m.d.comb += [
             d.eq(zmax - z),
-            diff.eq(d - ref),
+            diff.eq(t_ref - z),
             self.peek.payload.eq(cmd.base + idx),
             self.token.payload.eq(tok),
             candidate.eq(~filtering | (diff < 0) | ((diff == 0) & (ties_seen < ties))),
@@ -424,7 +430,7 @@ class TokenSampler(wiring.Component):
                         with m.If((idx == 0) | (d < 0)):
                             m.d.sync += [zmax.eq(z), arg.eq(idx)]
                     with m.Else():
-                        m.d.sync += [c.eq(c + (d <= pr)) for c, pr in zip(counts, probes)]
+                        m.d.sync += [c.eq(c + (z >= t)) for c, t in zip(counts, t_probe)]
                     with m.If((idx + 1 == cmd.vocab) & (kind == _Pass.MAX)):
                         m.next = "MAX_END"
                     with m.Elif(idx + 1 == cmd.vocab):

@@ -100,7 +100,9 @@ class LMCore(wiring.Component):
     Each instruction costs its vector-unit time (:class:`VectorUnit`) plus one cycle to issue it:
     the next instruction is fetched, decoded and its slot looked up while the current one runs,
     and checked as it ends (an instruction after one that ends within 3 cycles, and the first of
-    each step, take 5 cycles of fetch, decode and checks). A ``quant`` starts the engine on its
+    each step, take 5 cycles of fetch, decode and checks); an elementwise instruction after an
+    elementwise one or a rescaling ``matvec`` is checked and offered while that one runs, and the unit takes it once that
+    one has issued its last elements when it is safe (:class:`VectorUnit`). A ``quant`` starts the engine on its
     matrix before streaming, so the activations flow into the engine as they are made (``lanes``
     a cycle from an aligned vector), and ``matvec`` takes the tiles as the engine offers them. A
     token choice costs :class:`TokenSampler`'s time.
@@ -326,7 +328,7 @@ class LMCore(wiring.Component):
         # while an instruction runs (EXEC), the next is fetched, decoded and its slot looked up
         # (`pre` counts those steps: 3 = ready to check); it issues as the unit finishes
         pre = Signal(range(4))
-        exec_tiles, exec_embed = Signal(), Signal()
+        exec_tiles, exec_embed, exec_elem = Signal(), Signal(), Signal()
 
         with m.FSM():
             with m.State("IDLE"):
@@ -368,9 +370,11 @@ class LMCore(wiring.Component):
                                  pending_q.eq(1), pending_c.eq(ins.c)]
                     m.next = "ISSUE"
             with m.State("ISSUE"):
-                m.d.comb += vu.instr.valid.eq(1)
+                # (offered early, while a rescaling matvec still takes its last tiles)
+                m.d.comb += [vu.instr.valid.eq(1), ext_from_tiles.eq(exec_tiles)]
                 with m.If(vu.instr.ready):
                     m.d.sync += [pc.eq(pc + 1), pre.eq(0), exec_tiles.eq(is_mv), exec_embed.eq(is_emb),
+                                 exec_elem.eq(elementwise | (is_mv & (ins.imm != 0))),
                                  emb_n.eq(n), emb_base.eq(row_base)]
                     m.next = "EXEC"
             with m.State("EXEC"):
@@ -381,11 +385,12 @@ class LMCore(wiring.Component):
                     m.d.sync += [ins.eq(prog_rd.data), pre.eq(2)]
                 with m.Elif(pre == 2):                       # the slot table answers `ins.c`
                     m.d.sync += pre.eq(3)
-                with m.If(~vu.busy):
-                    with m.If(pre == 3):
-                        check()
-                    with m.Else():
-                        m.next = "FETCH"
+                # an elementwise instruction after an elementwise one or a rescaling matvec is
+                # checked and offered while that one still runs (the unit takes it as soon as that is safe)
+                with m.If((pre == 3) & (~vu.busy | (exec_elem & elementwise))):
+                    check()
+                with m.Elif(~vu.busy & (pre != 3)):
+                    m.next = "FETCH"
             with m.State("PROMPT"):
                 m.d.comb += self.prompt.ready.eq(1)
                 with m.If(self.prompt.valid):

@@ -46,6 +46,18 @@ DIVIDER_BITS = 2
 ROOT_BITS = 2
 #: Width of an instruction's element count (up to :data:`golden.MAX_VECTOR`).
 COUNT_BITS = golden.MAX_VECTOR.bit_length()
+#: An elementwise instruction may be taken while the one before it drains once that one has
+#: issued this many times (its elements then stand far enough ahead in the pipeline: see
+#: :class:`VectorUnit`).
+OVERLAP_ISSUES = 7
+
+_ELEMENTWISE = [VOp[c.upper()] for c in lmstep.ELEMENTWISE]
+_READS_A = [VOp[c.upper()] for c in lmstep.READS_A]
+_READS_B = [VOp[c.upper()] for c in lmstep.READS_B]
+
+
+def _one_of(value, ops):
+    return Cat(*[value == op for op in ops]).any()
 
 
 def xq_layout(lanes):
@@ -242,16 +254,21 @@ def _sat32(m, value, name):
     return out
 
 
-def _round_first(m, p, sh):
+def _round_shift(m, sh):
+    """The shift ``sh`` (signed) of :func:`_round_first` decoded, to be registered before it:
+    ``(s, k, pos)`` with ``s = min(sh, 63)`` (for ``sh > 0``), ``k = max(-sh, 0)``, ``pos = sh > 0``."""
+    s, k, pos = Signal(6, name="round_s"), Signal(11, name="round_k"), Signal(name="round_pos")
+    m.d.comb += [s.eq(Mux(sh > 63, 63, sh[:6])), k.eq(Mux(sh < 0, -sh, 0)), pos.eq(sh > 0)]
+    return s, k, pos
+
+
+def _round_first(m, p, s, k, pos):
     """First half of ``sat32(golden.shift_round(p, sh))`` for a signed ``p`` (< 2**62 in magnitude)
-    and a signed shift ``sh``: ``(t, s, pos, left)`` with ``t = p + 2**(s-1)``, ``s = min(sh, 63)``
-    (for ``sh > 0``), ``pos = sh > 0`` and ``left`` the saturated result of a shift ``sh <= 0``."""
-    s = Signal(6, name="round_s")
+    and a shift ``sh`` decoded by :func:`_round_shift` into ``(s, k, pos)``: ``(t, s, pos, left)``
+    with ``t = p + 2**(s-1)`` and ``left`` the saturated result of a shift ``sh <= 0``."""
     half = Signal(64, name="round_half")
     t = Signal(signed(67), name="round_t")
-    m.d.comb += [s.eq(Mux(sh > 63, 63, sh[:6])), half.eq(Const(1, 64) << (s - 1)[:6]), t.eq(p + half)]
-    k = Signal(11, name="round_k")
-    m.d.comb += k.eq(Mux(sh < 0, -sh, 0))
+    m.d.comb += [half.eq(Const(1, 64) << (s - 1)[:6]), t.eq(p + half)]
     p32 = _sat32(m, p, "round_p32")
     shifted = Signal(signed(64), name="round_shifted")
     m.d.comb += shifted.eq(p32 << k[:5])
@@ -260,7 +277,7 @@ def _round_first(m, p, sh):
         m.d.comb += left.eq(Mux(p < 0, golden.INT32_MIN, golden.INT32_MAX))
     with m.Else():
         m.d.comb += left.eq(_sat32(m, shifted, "round_left_sat"))
-    return t, s, sh > 0, left
+    return t, s, pos, left
 
 
 def _round_second(m, t, s, pos, left):
@@ -311,7 +328,13 @@ class VectorUnit(wiring.Component):
     Members
     -------
     instr : In(stream of :func:`instruction_layout`)
-        Taken when the unit is idle (``ready``); the next is taken once it has finished. An
+        Taken when the unit is idle (``ready``); the next is taken once it has finished, or, for
+        an elementwise instruction after an elementwise one or a rescaling ``matvec``, the cycle after that one's last issue
+        when it is safe: that one issued at least :data:`OVERLAP_ISSUES` times, no gain is being
+        taken, no term of a reduction into the register the new one reduces into is in flight,
+        and each vector the new one reads misses the one being written or starts at the same
+        address (a wide new one after a narrow one waits); ``ready`` then depends on the
+        payload. Such instructions cost ``ceil(n / lanes) + 1`` cycles each back to back. An
         elementwise instruction streams one element (or ``lanes``) per cycle: ``ceil(n / lanes)
         + 10`` cycles with no stall (a 7-stage pipeline), 2 more with a reduction (folded in
         over 4 cycles); ``quant`` first normalises ``M`` (2 cycles) and divides (``DIVIDER_BITS``
@@ -410,11 +433,14 @@ class VectorUnit(wiring.Component):
         mn, ms = Signal(16), Signal(signed(8))
         kk = Signal(6)
         gnum, gimm, gbit, gmul = Signal(31), Signal(16), Signal(4), Signal()
+        gshift = Signal(signed(8))          # the gain's instruction's shift (a matvec may follow it meanwhile)
         issue = Signal(COUNT_BITS + 1)
         wcount = Signal(COUNT_BITS + 1)
         advance = Signal()
         gain_go, gain_busy = Signal(), Signal()
         wide = Signal()                     # this instruction streams L elements per issue
+        issues = Signal(range(OVERLAP_ISSUES + 1))  # its issues so far (up to OVERLAP_ISSUES)
+        overlappable, overlap = Signal(), Signal()  # it is elementwise; the next is taken now
 
         # -- pipeline: issue -> S0 (the words read, registered) -> S1 (operands) -> S2 (select) -> S3 (product)
         #    -> S4 (round: add) -> S5 (round: shift, saturate) -> S6 (addend, saturate, write); then the reductions
@@ -423,6 +449,12 @@ class VectorUnit(wiring.Component):
         #    its operands picked out of their words by their own lanes (sel).
         v = [Signal(L, name=f"v{k}") for k in range(1, 7)]   # v[0]: the read; then S0 (v0r); v[1] is S1 ... v[5] S6
         idx = [Signal(COUNT_BITS, name=f"i{k}") for k in range(1, 7)]
+        #    Each stage carries the fields of its element's instruction that its work needs (an
+        #    elementwise instruction is taken while the one before it drains, so the stages may
+        #    hold two): ctl[k] beside v[k], ctl0r beside v0r.
+        ctl_layout = data.StructLayout({"op": VOp, "wide": 1, "shift": signed(8), "dst": self.addr_bits, "red": 2})
+        ctl = [Signal(ctl_layout, name=f"ctl{k}") for k in range(1, 7)]
+        ctl0r = Signal(ctl_layout)
         sel_a, sel_b, sel_c = (Signal(max(1, lane_bits), name=f"sel_{x}") for x in "abc")
         a2 = [Signal(signed(32), name=f"a2_{k}") for k in range(L)]
         b2 = [Signal(signed(32), name=f"b2_{k}") for k in range(L)]
@@ -445,9 +477,11 @@ class VectorUnit(wiring.Component):
         left5 = [Signal(signed(33), name=f"left5_{k}") for k in range(L)]
         r6 = [Signal(signed(32), name=f"r6_{k}") for k in range(L)]
         use3 = Signal()
-        sh3, sh4 = Signal(signed(10)), Signal(signed(10))
+        sh3 = Signal(signed(10))
+        s4, k4, pos4 = Signal(6), Signal(11), Signal()     # S3's shift decoded (_round_shift)
         add = [[Signal(signed(33), name=f"add{s}_{k}") for k in range(L)] for s in range(3, 7)]
         red_v, red_val = Signal(L), [Signal(signed(32), name=f"red_val_{k}") for k in range(L)]
+        red_kind = Signal(2)                # red_v's instruction's reduction
         sq_v, sq_p = Signal(L), [Signal(54, name=f"sq_p_{k}") for k in range(L)]
         running = Signal()
         peek_word = Signal(signed(32))
@@ -472,14 +506,15 @@ class VectorUnit(wiring.Component):
         sel_ar, sel_br, sel_cr = Signal.like(sel_a), Signal.like(sel_b), Signal.like(sel_c)
         ext_qr = [Signal(signed(32), name=f"ext_qr{k}") for k in range(L)]
         with m.If(advance):
-            m.d.sync += [v0r.eq(v[0]), idx0r.eq(idx[0]), ra_q.eq(ra.data), rb_q.eq(rb.data), rc_q.eq(rc.data),
+            m.d.sync += [v0r.eq(v[0]), idx0r.eq(idx[0]), ctl0r.eq(ctl[0]), ra_q.eq(ra.data), rb_q.eq(rb.data), rc_q.eq(rc.data),
                          sel_ar.eq(sel_a), sel_br.eq(sel_b), sel_cr.eq(sel_c)] + \
                 [ext_qr[k].eq(ext_q[k]) for k in range(L)]
         a1 = [Signal(signed(32), name=f"a1_{k}") for k in range(L)]
         b1 = [Signal(signed(32), name=f"b1_{k}") for k in range(L)]
         c1 = [Signal(signed(8), name=f"c1_{k}") for k in range(L)]
         for k in range(L):
-            sa, sb, sc = (k, k, k) if k else (Mux(wide, 0, sel_ar), Mux(wide, 0, sel_br), Mux(wide, 0, sel_cr))
+            w0 = ctl0r.wide
+            sa, sb, sc = (k, k, k) if k else (Mux(w0, 0, sel_ar), Mux(w0, 0, sel_br), Mux(w0, 0, sel_cr))
             m.d.comb += [a1[k].eq(lane_value(ra_q, sa, 32)), b1[k].eq(lane_value(rb_q, sb, 32)),
                          c1[k].eq(lane_value(rc_q, sc, 8))]
         # clamp((a >> SHIFT) + ENTRIES/2, 0, ENTRIES-1) without an adder: the shifted value is in
@@ -494,11 +529,11 @@ class VectorUnit(wiring.Component):
                                                          ~a1[k][golden.SIGMOID_SHIFT + ib - 1]),
                                            Mux(a1[k][-1], 0, golden.SIGMOID_ENTRIES - 1)))]
         with m.If(advance):
-            m.d.sync += [v[1].eq(v0r), idx[1].eq(idx0r)]
+            m.d.sync += [v[1].eq(v0r), idx[1].eq(idx0r), ctl[1].eq(ctl0r)]
             for k in range(L):
-                m.d.sync += [a2[k].eq(Mux(from_ext, ext_qr[k], a1[k])), b2[k].eq(b1[k]),
+                m.d.sync += [a2[k].eq(Mux(ctl0r.op == VOp.MATVEC, ext_qr[k], a1[k])), b2[k].eq(b1[k]),
                              b2r[k].eq(_sat32(m, golden.FIX_ONE - b1[k], f"one_minus_b_{k}")), c2[k].eq(c1[k]),
-                             lb[k].eq(_lower_bound(m, c1[k], cur.shift - golden.FIX_FRAC))]
+                             lb[k].eq(_lower_bound(m, c1[k], ctl0r.shift - golden.FIX_FRAC))]
         # S2: pick the product's operands, its shift and an addend: one signed 32 x 32 product
         # path per lane (4 SB_MAC16 on the UP5K); add, rsub and sigmoid bypass it
         x = [Signal(signed(32), name=f"x_{k}") for k in range(L)]
@@ -510,9 +545,9 @@ class VectorUnit(wiring.Component):
         un = [Signal(signed(34), name=f"un_{k}") for k in range(L)]
         m.d.comb += [un[k].eq(Mux(qs >= 0, a2[k] >> qs.as_unsigned()[:6], a2[k] << (-qs).as_unsigned()[:5]))
                      for k in range(L)]
-        with m.Switch(op):
+        with m.Switch(ctl[1].op):
             with m.Case(VOp.MULC):
-                m.d.comb += sh.eq(cur.shift)
+                m.d.comb += sh.eq(ctl[1].shift)
                 m.d.comb += [s for k in range(L) for s in (x[k].eq(a2[k]), y[k].eq(c2[k]))]
             with m.Case(VOp.MUL):
                 m.d.comb += sh.eq(golden.FIX_FRAC)
@@ -546,16 +581,18 @@ class VectorUnit(wiring.Component):
             with m.Case(VOp.RSUB):
                 m.d.comb += use_direct.eq(1)
                 m.d.comb += [direct[k].eq(golden.FIX_ONE - a2[k]) for k in range(L)]
-        # S3: the product (or the bypassed value); S4: the rounding's addition, and the left
+        # S3: the product (or the bypassed value), and its shift decoded; S4: the rounding's addition, and the left
         # shift of a negative shift; S5: the rounding's right shift and the saturation
+        s3d, k3d, pos3d = _round_shift(m, sh3)
         with m.If(advance):
+            m.d.sync += [ctl[k + 1].eq(ctl[k]) for k in range(1, 5)]
             m.d.sync += [v[2].eq(v[1]), idx[2].eq(idx[1]), sh3.eq(sh), use3.eq(use_direct),
-                         v[3].eq(v[2]), idx[3].eq(idx[2]), sh4.eq(sh3),
+                         v[3].eq(v[2]), idx[3].eq(idx[2]), s4.eq(s3d), k4.eq(k3d), pos4.eq(pos3d),
                          v[4].eq(v[3]), idx[4].eq(idx[3]),
                          v[5].eq(v[4]), idx[5].eq(idx[4])]
         rounded = []
         for k in range(L):
-            ta, sa, posa, lefta = _round_first(m, p4[k], sh4)
+            ta, sa, posa, lefta = _round_first(m, p4[k], s4, k4, pos4)
             rounded.append(_round_second(m, t5[k], s5, pos5, left5[k]))
             with m.If(advance):
                 m.d.sync += [x3[k].eq(x[k]), y3[k].eq(y[k]), add[0][k].eq(addend[k]), direct3[k].eq(direct[k]),
@@ -574,8 +611,8 @@ class VectorUnit(wiring.Component):
                 m.d.comb += qv.eq(-127)
             with m.Else():
                 m.d.comb += qv.eq(r6[k])
-        is_quant = op == VOp.QUANT
-        last = v[5]
+        is_quant = ctl[5].op == VOp.QUANT
+        last, wide6 = v[5], ctl[5].wide
         m.d.comb += [self.xq.payload.count.eq(sum(last[k] for k in range(L))),
                      self.xq.valid.eq(last.any() & is_quant & running),
                      advance.eq(~(last.any() & is_quant & ~self.xq.ready))]
@@ -583,18 +620,19 @@ class VectorUnit(wiring.Component):
         with m.If(last.any() & advance & running):
             m.d.sync += wcount.eq(wcount + sum(last[k] for k in range(L)))
             with m.If(~is_quant):
-                elem = cur.dst + idx[5]
+                elem = ctl[5].dst + idx[5]
                 m.d.comb += [wr.addr.eq(word_of(elem)),
-                             wr.data.eq(Mux(wide, Cat(*result), Cat(*(result[0] for _ in range(L))))),
-                             wr.en.eq(Mux(wide, last, one_hot(lane_of(elem))))]
-            m.d.sync += [red_v.eq(Mux(cur.red != 0, last, 0))] + [red_val[k].eq(result[k]) for k in range(L)]
+                             wr.data.eq(Mux(wide6, Cat(*result), Cat(*(result[0] for _ in range(L))))),
+                             wr.en.eq(Mux(wide6, last, one_hot(lane_of(elem))))]
+            m.d.sync += [red_v.eq(Mux(ctl[5].red != 0, last, 0)), red_kind.eq(ctl[5].red)] + \
+                [red_val[k].eq(result[k]) for k in range(L)]
         # reductions, pipelined: each lane's |value| and square (after the shift), registered; the
         # lanes' largest |value| and the sum of their squares by a tree, registered; then into M
         # and SS (a lane that carries no element adds 0)
         absr = [Signal(33, name=f"absr_{k}") for k in range(L)]
         abs_p = [Signal(33, name=f"abs_p_{k}") for k in range(L)]
         sq_in = [Signal(signed(27), name=f"sq_in_{k}") for k in range(L)]
-        is_max, is_ss = cur.red == lmstep.RED_MAX, cur.red == lmstep.RED_SUMSQ
+        is_max, is_ss = red_kind == lmstep.RED_MAX, red_kind == lmstep.RED_SUMSQ
         mx_v = Signal()
         for k in range(L):
             m.d.comb += [absr[k].eq(Mux(red_val[k] < 0, -red_val[k], red_val[k])),
@@ -619,6 +657,11 @@ class VectorUnit(wiring.Component):
             m.d.sync += reg_ss.eq(reg_ss + part_ss)
         red_pending = red_v.any() | sq_v.any() | mx_v | part_mv | part_sv
 
+        def reducing(kind):             # a term of a reduction into M (RED_MAX) or SS is in flight
+            staged = [(c.red == kind) & vv.any() for c, vv in zip(ctl + [ctl0r], v + [v0r])]
+            after = [mx_v, part_mv] if kind == lmstep.RED_MAX else [sq_v.any(), part_sv]
+            return Cat(*staged, red_v.any() & (red_kind == kind), *after).any()
+
         # issue: read the words of element `issue` of a, b and c (a wide issue: L elements from
         # aligned words; a rescaling matvec: take the element from `ext`)
         ea, eb, ec = cur.a + issue, cur.b + issue, cur.c + issue
@@ -639,6 +682,9 @@ class VectorUnit(wiring.Component):
         with m.If(can_issue & (~from_ext | self.ext.valid)):
             m.d.sync += [idx[0].eq(issue), ext_q[0].eq(Mux(wide, self.ext.payload.values[0], ext_one))] + \
                 [ext_q[k].eq(self.ext.payload.values[k]) for k in range(1, L)]
+            m.d.sync += [ctl[0].op.eq(cur.op), ctl[0].wide.eq(wide), ctl[0].shift.eq(cur.shift),
+                         ctl[0].dst.eq(cur.dst), ctl[0].red.eq(cur.red),
+                         issues.eq(Mux(issues == OVERLAP_ISSUES, issues, issues + 1))]
             m.d.sync += [sel_a.eq(lane_of(ea)), sel_b.eq(lane_of(eb)), sel_c.eq(lane_of(ec))]
             with m.If(wide):
                 m.d.sync += [v[0].eq(lanes_in), issue.eq(issue + L)]
@@ -651,6 +697,34 @@ class VectorUnit(wiring.Component):
 
         m.d.comb += [div.res.ready.eq(1), sqrt.res.ready.eq(1)]
 
+        # taking an instruction; an elementwise one is taken while an elementwise one or a
+        # rescaling matvec before it drains (`overlap`) once that has issued OVERLAP_ISSUES times and is done issuing, no
+        # gain runs, no term of a reduction into the register it starts is in flight, and each
+        # vector it reads either misses the one being written or starts where it does (then it
+        # reads each element at least 8 cycles after the element's issue, once it is written,
+        # unless it streams faster than the one before: a wide one after a narrow one waits)
+        p = self.instr.payload
+        p_elem = _one_of(p.op, _ELEMENTWISE)
+        p_wide = Cat(*(lane_of(f) == 0 for f in (p.dst, p.a, p.b, p.c))).all() if L > 1 else Const(0, 1)
+
+        def take(p):
+            m.d.sync += [cur.eq(p), issue.eq(0), wcount.eq(0), wide.eq(0), ext_k.eq(0), issues.eq(0),
+                         overlappable.eq(0)]
+            with m.If(p.red == lmstep.RED_MAX):
+                m.d.sync += reg_m.eq(0)
+            with m.If(p.red == lmstep.RED_SUMSQ):
+                m.d.sync += reg_ss.eq(0)
+
+        def clear(start, reads):
+            misses = (start + p.n <= cur.dst) | (start >= cur.dst + cur.n)
+            return ~reads | misses | ((start == cur.dst) & (wide | ~p_wide))
+
+        red_free = ~(((p.red == lmstep.RED_MAX) & reducing(lmstep.RED_MAX)) |
+                     ((p.red == lmstep.RED_SUMSQ) & reducing(lmstep.RED_SUMSQ)))
+        m.d.comb += overlap.eq(running & overlappable & (issue >= cur.n) & (issues == OVERLAP_ISSUES) & p_elem &
+                               ~gain_busy & red_free & clear(p.a, _one_of(p.op, _READS_A)) &
+                               clear(p.b, _one_of(p.op, _READS_B)))
+
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 # while a quant's gain is still being taken, only its matvec is accepted
@@ -662,16 +736,12 @@ class VectorUnit(wiring.Component):
                     m.d.comb += ra.addr.eq(word_of(self.peek.payload))
                     m.d.sync += peek_lane.eq(lane_of(self.peek.payload))
                 with m.If(self.instr.valid & take_instr):
-                    p = self.instr.payload
-                    m.d.sync += [cur.eq(p), issue.eq(0), wcount.eq(0), wide.eq(0), ext_k.eq(0)]
-                    with m.If(p.red == lmstep.RED_MAX):
-                        m.d.sync += reg_m.eq(0)
-                    with m.If(p.red == lmstep.RED_SUMSQ):
-                        m.d.sync += reg_ss.eq(0)
+                    take(p)
                     with m.Switch(p.op):
                         with m.Case(VOp.EMBED, VOp.MATVEC):
                             with m.If((p.op == VOp.MATVEC) & (p.imm != 0)):     # rescaled on the way
-                                m.d.sync += [running.eq(1), wide.eq(lane_of(p.dst) == 0 if L > 1 else 0)]
+                                m.d.sync += [running.eq(1), wide.eq(lane_of(p.dst) == 0 if L > 1 else 0),
+                                             overlappable.eq(1)]
                                 m.next = "RUN"
                             with m.Elif(p.n != 0):
                                 m.next = "EXT"
@@ -683,8 +753,7 @@ class VectorUnit(wiring.Component):
                             m.d.comb += gain_go.eq(1)
                             m.next = "GAIN"
                         with m.Default():   # elementwise: wide when every address is aligned
-                            aligned = Cat(*(lane_of(f) == 0 for f in (p.dst, p.a, p.b, p.c))).all()
-                            m.d.sync += [running.eq(1), wide.eq(aligned if L > 1 else 0)]
+                            m.d.sync += [running.eq(1), wide.eq(p_wide), overlappable.eq(p_elem)]
                             m.next = "RUN"
             with m.State("EXT"):           # one value a cycle
                 m.d.comb += self.ext.ready.eq(ext_end)
@@ -697,7 +766,11 @@ class VectorUnit(wiring.Component):
                     with m.If(wcount + 1 == cur.n):
                         m.next = "IDLE"
             with m.State("RUN"):
-                with m.If(wcount == cur.n):
+                m.d.comb += self.instr.ready.eq(overlap)
+                with m.If(self.instr.valid & overlap):      # the next elementwise one, while this drains
+                    take(p)
+                    m.d.sync += [wide.eq(p_wide), overlappable.eq(1)]
+                with m.Elif((issue >= cur.n) & ~Cat(*v, v0r).any()):
                     m.d.sync += running.eq(0)
                     m.next = "DRAIN"
             with m.State("DRAIN"):     # the last reduction terms land (a quant's gain goes on alone)
@@ -755,7 +828,7 @@ class VectorUnit(wiring.Component):
             with m.State("G_NORM_M"):
                 normalise(golden.QUANT_NORM_BITS, "G_K")
             with m.State("G_K"):        # gnum = mn * imm from here on, beside the root (gmul)
-                m.d.sync += [mn.eq(nx), ms.eq(ns), nx.eq(reg_ss), kk.eq(0), gnum.eq(0), gimm.eq(cur.imm),
+                m.d.sync += [mn.eq(nx), ms.eq(ns), nx.eq(reg_ss), kk.eq(0), gnum.eq(0), gimm.eq(cur.imm), gshift.eq(cur.shift),
                              gbit.eq(0), gmul.eq(1)]
                 m.next = "G_K_LOOP"
             with m.State("G_K_LOOP"):   # SS times 4**kk, the least kk that makes it 60 bits or more
@@ -789,7 +862,7 @@ class VectorUnit(wiring.Component):
             with m.State("G_WAIT"):
                 with m.If(div.res.valid):
                     m.d.sync += [reg_g.eq(div.res.payload),
-                                 reg_gs.eq(golden.GAIN_SHIFT + cur.shift - ms + ns - kk)]
+                                 reg_gs.eq(golden.GAIN_SHIFT + gshift - ms + ns - kk)]
                     m.next = "G_IDLE"
         # gnum = mn * imm: shift and add, 2 bits of imm a cycle, while the root is taken
         with m.If(gmul):

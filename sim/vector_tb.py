@@ -2,7 +2,9 @@
 
 The testbench plays the unit's neighbours: it loads the constant memory, feeds ``embed`` rows
 and ``matvec`` products on ``ext`` (computing each product exactly from the activations the unit
-offered on ``xq``), and inserts random idle cycles on both streams. What it returns is read
+offered on ``xq``), and inserts random idle cycles on both streams and before each
+instruction, which it otherwise offers as soon as the one before is taken (the unit takes an
+elementwise one while the one before drains when that is safe). What it returns is read
 straight out of the unit's vector memory, for exact comparison with
 :func:`tritium.sim.lmstep.execute`.
 """
@@ -38,7 +40,9 @@ def run_vector_program(dut, cmem, steps, *, seed=0, stall_prob=0.3, read=(), max
         for program, ext_source in steps:
             start = clock[0]
             xq = None
-            for op in program:
+            for op in program:   # each offered as soon as the last is taken (or after idle cycles)
+                for _ in range(stalls()):
+                    await ctx.tick()
                 await stream_put(ctx, dut.instr, encode(op, dut.layout))
                 if op.code in ("embed", "matvec"):   # `lanes` values a transfer, the last perhaps fewer
                     vals = [int(v) for v in ext_source(op, xq)]
@@ -57,8 +61,8 @@ def run_vector_program(dut, cmem, steps, *, seed=0, stall_prob=0.3, read=(), max
                         got += [t.values[k] for k in range(t.count)]
                     assert len(got) == op.n, f"quant gave {len(got)} activations for n = {op.n}"
                     xq = np.array(got, np.int64)
-                while ctx.get(dut.busy):
-                    await ctx.tick()
+            while ctx.get(dut.busy):
+                await ctx.tick()
             cycles.append(clock[0] - start)
             snap = {}
             for name, addr, n in read:   # through the unit's own peek port

@@ -289,3 +289,59 @@ def test_bit_length_tree_is_exact():
     sim.add_testbench(bench)
     sim.run()
     assert len(got) > 300 and all(a == b for a, b in got)
+
+
+@pytest.mark.parametrize("seed, lanes", [(0, 1), (1, 2), (2, 4), (3, 4), (4, 2), (5, 4)])
+def test_back_to_back_elementwise_instructions_match_the_spec(seed, lanes):
+    # Chains of elementwise instructions that the unit takes while the one before drains, where
+    # that is safe: each reads the vector just written from its start (at lengths around the
+    # OVERLAP_ISSUES limit, wide after narrow and narrow after wide), a vector overlapping it
+    # part-way (must wait), or one apart; reductions into the same and the other register one
+    # after another, observed through a gain and its rescale now and then (M and SS); and
+    # rescaled products (quant, matvec) read by the next instruction.
+    from tritium.hw.vector import OVERLAP_ISSUES
+    rng = np.random.default_rng(100 + seed)
+    area, words = 64, 320
+    vmem0 = np.concatenate([_vectors(rng, 3 * area, 3), np.zeros(words - 3 * area, np.int64)])
+    c = rng.integers(-128, 128, area + 8)
+    lengths = [1, 3, lanes * (OVERLAP_ISSUES - 1), lanes * (OVERLAP_ISSUES - 1) + 1, lanes * OVERLAP_ISSUES,
+               lanes * OVERLAP_ISSUES + 1, lanes * (OVERLAP_ISSUES + 1), 40]
+    codes = ["mulc", "mul", "add", "sigmoid", "silu", "rsub", "fgate", "sfgate", "mulr"]
+    layout = instruction_layout(addr_bits=9, caddr_bits=7)
+    k, rows = 24, int(rng.choice([lanes * OVERLAP_ISSUES, 13]))
+    w = rng.integers(-1, 2, (rows, k))
+    ops, prev = [], Op("add", 0, 0, 64, n=16)
+    while len(ops) < 80:
+        n = int(rng.choice(lengths))
+        aligned = rng.random() < 0.6             # every address a multiple of the lanes (wide), or not
+
+        def place(x):
+            return x - x % lanes if aligned else x
+
+        def start():
+            pick = rng.integers(4)
+            if pick == 0:                        # near the vector just written
+                return max(0, prev.dst + int(rng.choice([1, -1, 2, lanes, -3, n // 2])))
+            if pick == 1:
+                return place(int(rng.integers(0, 3 * area - n)))
+            return prev.dst                      # the vector just written, from its start
+        code = str(rng.choice(codes))
+        dst = max(0, prev.dst + int(rng.choice([0, n, -n]))) if rng.random() < 0.3 else int(rng.integers(0, words - n))
+        op = Op(code, dst=place(min(dst, words - n)), a=start(), b=start(), n=n,
+                c=place(int(rng.integers(0, 8))), shift=int(rng.integers(-4, 10)), red=int(rng.choice([0, 0, 1, 2])))
+        if max(op.a, op.b) + n > words:
+            continue
+        try:
+            encode(op, layout)
+        except G.TritiumValueError:
+            continue
+        ops.append(op)
+        prev = op
+        if rng.random() < 0.12:                  # M and SS, seen through a gain and its rescale
+            ops += [Op("gain", imm=int(rng.integers(1, 65536)), shift=12), Op("rescale", 3 * area, prev.dst, n=8)]
+        elif rng.random() < 0.12:                # a rescaled product, its result read next
+            prev = Op("matvec", place(int(rng.integers(0, words - rows))), n=rows, c=0, imm=1)
+            ops += [Op("quant", a=place(int(rng.integers(0, 3 * area - k))), n=k, imm=int(rng.integers(1, 65536)),
+                       shift=int(rng.integers(6, 14))), prev]
+    got, spec, _ = _run_ops(ops, vmem0, c, seed=seed, lanes=lanes, stall_prob=0.15, ext=lambda op, xq: w @ xq)
+    assert np.array_equal(got, spec)

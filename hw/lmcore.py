@@ -279,30 +279,19 @@ class LMCore(wiring.Component):
                 with m.If(tile_left <= lanes_v):
                     m.d.comb += self.res.ready.eq(1)
                     m.d.sync += tile_g.eq(0)
-        # the embedding reader: read, the byte into a register, the product into a register, then
-        # `ext` (one value a cycle while `ext` takes them; each stage holds while the one after it
-        # is full; the row's scale, read at `token`, registered every cycle: the token holds from
-        # before the embed is issued to its end)
-        emb_byte = Signal(signed(8))
-        emb_bfull = Signal()           # `emb_byte` holds the next byte
-        scl_q = Signal(signed(16))
-        m.d.sync += scl_q.eq(scl_rd.data)
-        emb_product, emb_capture, emb_issue = Signal(), Signal(), Signal()
+        # the embedding reader: read, then the product into a register, then `ext` (one value a
+        # cycle while `ext` takes them; a byte waits on the read port while the register is full)
+        emb_capture, emb_issue = Signal(), Signal()
         emb_n, emb_base = Signal.like(n), Signal.like(row_base)      # the running embed's, from ISSUE
         with m.If(ext_from_embed):
-            m.d.comb += [emb_product.eq(emb_bfull & (~emb_full | vu.ext.ready)),
-                         emb_capture.eq(emb_pend & (~emb_bfull | emb_product)),
+            m.d.comb += [emb_capture.eq(emb_pend & (~emb_full | vu.ext.ready)),
                          emb_issue.eq(~(emb_pend & ~emb_capture) & (emb_i < emb_n)),
                          emb_rd.addr.eq(emb_base + emb_i), emb_rd.en.eq(emb_issue),
                          vu.ext.valid.eq(emb_full), vu.ext.payload.values[0].eq(emb_val), vu.ext.payload.count.eq(1)]
-            with m.If(emb_product):
-                m.d.sync += [emb_val.eq(emb_byte * scl_q), emb_full.eq(1)]
+            with m.If(emb_capture):
+                m.d.sync += [emb_val.eq(emb_rd.data * scl_rd.data), emb_full.eq(1)]
             with m.Elif(emb_full & vu.ext.ready):
                 m.d.sync += emb_full.eq(0)
-            with m.If(emb_capture):
-                m.d.sync += [emb_byte.eq(emb_rd.data), emb_bfull.eq(1)]
-            with m.Elif(emb_product):
-                m.d.sync += emb_bfull.eq(0)
             with m.If(emb_issue):
                 m.d.sync += [emb_i.eq(emb_i + 1), emb_pend.eq(1)]
             with m.Elif(emb_capture):
@@ -333,7 +322,7 @@ class LMCore(wiring.Component):
             with m.Elif(is_q):
                 m.next = "ENGINE"
             with m.Else():
-                m.d.sync += [emb_i.eq(0), emb_pend.eq(0), emb_full.eq(0), emb_bfull.eq(0), pending_q.eq(0)]
+                m.d.sync += [emb_i.eq(0), emb_pend.eq(0), emb_full.eq(0), pending_q.eq(0)]
                 m.next = "ISSUE"
 
         # while an instruction runs (EXEC), the next is fetched, decoded and its slot looked up

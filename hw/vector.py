@@ -262,29 +262,28 @@ def _round_shift(m, sh):
     return s, k, pos
 
 
-def _round_first(m, p, s):
+def _round_first(m, p, s, k, pos):
     """First half of ``sat32(golden.shift_round(p, sh))`` for a signed ``p`` (< 2**62 in magnitude)
-    and a shift ``sh`` decoded by :func:`_round_shift` into ``(s, k, pos)``: ``(t, p32, nz)``, to be
-    registered, with ``t = p + 2**(s-1)``, ``p32 = sat32(p)`` and ``nz = p != 0``."""
+    and a shift ``sh`` decoded by :func:`_round_shift` into ``(s, k, pos)``: ``(t, s, pos, left)``
+    with ``t = p + 2**(s-1)`` and ``left`` the saturated result of a shift ``sh <= 0``."""
     half = Signal(64, name="round_half")
     t = Signal(signed(67), name="round_t")
-    nz = Signal(name="round_nz")
-    m.d.comb += [half.eq(Const(1, 64) << (s - 1)[:6]), t.eq(p + half), nz.eq(p != 0)]
-    return t, _sat32(m, p, "round_p32"), nz
-
-
-def _round_second(m, t, p32, nz, s, k, pos):
-    """Second half: the result from :func:`_round_first`'s ``(t, p32, nz)`` and the decoded shift,
-    saturated to int32 (a shift ``sh > 0`` rounds ``t`` right; ``sh <= 0`` shifts ``p32`` left)."""
-    right = Signal(signed(67), name="round_right")
-    m.d.comb += right.eq(t >> s)
+    m.d.comb += [half.eq(Const(1, 64) << (s - 1)[:6]), t.eq(p + half)]
+    p32 = _sat32(m, p, "round_p32")
     shifted = Signal(signed(64), name="round_shifted")
     m.d.comb += shifted.eq(p32 << k[:5])
     left = Signal(signed(33), name="round_left")
-    with m.If((k >= 32) & nz):
-        m.d.comb += left.eq(Mux(p32 < 0, golden.INT32_MIN, golden.INT32_MAX))
+    with m.If((k >= 32) & (p != 0)):
+        m.d.comb += left.eq(Mux(p < 0, golden.INT32_MIN, golden.INT32_MAX))
     with m.Else():
         m.d.comb += left.eq(_sat32(m, shifted, "round_left_sat"))
+    return t, s, pos, left
+
+
+def _round_second(m, t, s, pos, left):
+    """Second half: the result of :func:`_round_first`'s ``(t, s, pos, left)``, saturated to int32."""
+    right = Signal(signed(67), name="round_right")
+    m.d.comb += right.eq(t >> s)
     return _sat32(m, Mux(pos, right, left), "round_out")
 
 
@@ -443,9 +442,9 @@ class VectorUnit(wiring.Component):
         issues = Signal(range(OVERLAP_ISSUES + 1))  # its issues so far (up to OVERLAP_ISSUES)
         overlappable, overlap = Signal(), Signal()  # it is elementwise; the next is taken now
 
-        # -- pipeline: issue -> S0 (the words read, registered) -> S1 (operands) -> S2 (select) -> S3 (partial
-        #    products) -> S4 (their sum, round: add) -> S5 (round: shift, saturate) -> S6 (addend, saturate,
-        #    write); then the reductions fold in two more cycles. Every stage moves together (`advance`): only `xq` stalls it.
+        # -- pipeline: issue -> S0 (the words read, registered) -> S1 (operands) -> S2 (select) -> S3 (product)
+        #    -> S4 (round: add) -> S5 (round: shift, saturate) -> S6 (addend, saturate, write); then the reductions
+        #    fold in two more cycles. Every stage moves together (`advance`): only `xq` stalls it.
         #    Lane k of a wide issue is element idx + k; otherwise lane 0 alone carries element idx,
         #    its operands picked out of their words by their own lanes (sel).
         v = [Signal(L, name=f"v{k}") for k in range(1, 7)]   # v[0]: the read; then S0 (v0r); v[1] is S1 ... v[5] S6
@@ -472,18 +471,10 @@ class VectorUnit(wiring.Component):
         x3 = [Signal(signed(32), name=f"x3_{k}") for k in range(L)]
         y3 = [Signal(signed(32), name=f"y3_{k}") for k in range(L)]
         direct3 = [Signal(signed(34), name=f"direct3_{k}") for k in range(L)]
-        # the product's partial products (16 x 16 bits: one MULT18X18D / SB_MAC16 each), the middle
-        # two summed, registered at S3; summed at S4 (the DSPs and the whole carry chain were too
-        # slow for one cycle on the ECP5)
-        pl4 = [Signal(signed(35), name=f"pl4_{k}") for k in range(L)]     # low x low, or the bypassed value
-        pm4 = [Signal(signed(34), name=f"pm4_{k}") for k in range(L)]     # low x high + high x low
-        ph4 = [Signal(signed(32), name=f"ph4_{k}") for k in range(L)]     # high x high
         p4 = [Signal(signed(66), name=f"p4_{k}") for k in range(L)]
         t5 = [Signal(signed(67), name=f"t5_{k}") for k in range(L)]
         s5, pos5 = Signal(6), Signal()
-        p32_5 = [Signal(signed(33), name=f"p32_5_{k}") for k in range(L)]      # sat32 of the product
-        nz5 = [Signal(name=f"nz5_{k}") for k in range(L)]
-        k5 = Signal(11)
+        left5 = [Signal(signed(33), name=f"left5_{k}") for k in range(L)]
         r6 = [Signal(signed(32), name=f"r6_{k}") for k in range(L)]
         use3 = Signal()
         sh3 = Signal(signed(10))
@@ -590,9 +581,8 @@ class VectorUnit(wiring.Component):
             with m.Case(VOp.RSUB):
                 m.d.comb += use_direct.eq(1)
                 m.d.comb += [direct[k].eq(golden.FIX_ONE - a2[k]) for k in range(L)]
-        # S3: the partial products (or the bypassed value), and the shift decoded; S4: their sum, the rounding's
-        # addition, the product saturated; S5: the rounding's right shift (or the left shift of a
-        # negative shift) and the saturation
+        # S3: the product (or the bypassed value), and its shift decoded; S4: the rounding's addition, and the left
+        # shift of a negative shift; S5: the rounding's right shift and the saturation
         s3d, k3d, pos3d = _round_shift(m, sh3)
         with m.If(advance):
             m.d.sync += [ctl[k + 1].eq(ctl[k]) for k in range(1, 5)]
@@ -602,19 +592,15 @@ class VectorUnit(wiring.Component):
                          v[5].eq(v[4]), idx[5].eq(idx[4])]
         rounded = []
         for k in range(L):
-            xl, xh = x3[k][:16], x3[k][16:].as_signed()
-            yl, yh = y3[k][:16], y3[k][16:].as_signed()
-            m.d.comb += p4[k].eq(pl4[k] + (pm4[k] << 16) + (ph4[k] << 32))
-            ta, p32a, nza = _round_first(m, p4[k], s4)
-            rounded.append(_round_second(m, t5[k], p32_5[k], nz5[k], s5, k5, pos5))
+            ta, sa, posa, lefta = _round_first(m, p4[k], s4, k4, pos4)
+            rounded.append(_round_second(m, t5[k], s5, pos5, left5[k]))
             with m.If(advance):
                 m.d.sync += [x3[k].eq(x[k]), y3[k].eq(y[k]), add[0][k].eq(addend[k]), direct3[k].eq(direct[k]),
-                             pl4[k].eq(Mux(use3, direct3[k], xl * yl)), pm4[k].eq(Mux(use3, 0, xl * yh + xh * yl)),
-                             ph4[k].eq(Mux(use3, 0, xh * yh)), add[1][k].eq(add[0][k]),
-                             t5[k].eq(ta), p32_5[k].eq(p32a), nz5[k].eq(nza), add[2][k].eq(add[1][k]),
+                             p4[k].eq(Mux(use3, direct3[k], x3[k] * y3[k])), add[1][k].eq(add[0][k]),
+                             t5[k].eq(ta), left5[k].eq(lefta), add[2][k].eq(add[1][k]),
                              r6[k].eq(rounded[k]), add[3][k].eq(add[2][k])]
                 if k == 0:
-                    m.d.sync += [s5.eq(s4), k5.eq(k4), pos5.eq(pos4)]
+                    m.d.sync += [s5.eq(sa), pos5.eq(posa)]
         # S6: add, saturate, write (or offer the activation); hand the values to the reductions
         result = [_sat32(m, r6[k] + add[3][k], f"result_{k}") for k in range(L)]
         for k in range(L):

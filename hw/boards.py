@@ -12,7 +12,7 @@ import os
 import pathlib
 import sys
 
-from amaranth.hdl import ClockDomain, ClockSignal, Elaboratable, Instance, Module, Signal
+from amaranth.hdl import ClockDomain, ClockSignal, Elaboratable, Instance, Module, ResetSignal, Signal
 from amaranth.lib import io
 from amaranth.lib.cdc import ResetSynchronizer
 
@@ -28,8 +28,8 @@ __all__ = ["BOARDS", "BoardTop", "board_platform", "board_build_dir", "bitstream
 #: iCEBreaker: 12 MHz oscillator, FT2232H; weights in the four SPRAMs (512K trits). The LM step
 #: does not fit beside the engine in the UP5K's 5,280 cells yet (docs/vector.md): the board is the
 #: matrix-vector coprocessor.
-#: ULX3S 85F: 25 MHz oscillator, FT231X; a 32-lane engine (128 MAC/cycle) with its weights in 64
-#: DP16KD (4096 x 256 bits, 512K trits), and the whole LM step on the chip.
+#: ULX3S 85F: 25 MHz oscillator, FT231X; a 32 x 8-trit engine (256 MAC/cycle) with its weights in 57
+#: DP16KD (2048 x 512 bits, 512K trits), and the whole LM step on the chip (eight vector lanes).
 #: The system clocks come from each board's PLL: the highest whole-MHz frequency (the UART divides
 #: it to 1 Mbaud exactly) that met timing on nextpnr seeds 1, 2 and 3 (docs/perf/lm.md); the clocks
 #: and bauds are the cost model's (:data:`tritium.sim.cost.BOARD_LINKS`).
@@ -132,7 +132,18 @@ class BoardTop(Elaboratable):
                 a_FREQUENCY_PIN_CLKOP=str(self.clock_hz / 1e6))
         # (nextpnr derives the output's constraint from the PLL's parameters; build() checks it)
         m.d.comb += ClockSignal("sync").eq(clk)
-        m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")
+        if self.board == "icebreaker":
+            # (nextpnr-ice40 puts the reset on a global buffer by itself)
+            m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")
+        else:
+            # nextpnr-ecp5 promotes only clocks: the synchronised reset, which reaches every
+            # flip-flop, goes onto a global network through a DCCA (in fabric routing it took up to
+            # 22.6 ns and set the clock on some seeds)
+            m.domains.reset = ClockDomain("reset")
+            m.d.comb += ClockSignal("reset").eq(clk)
+            m.submodules.reset_sync = ResetSynchronizer(~locked, domain="reset")
+            m.submodules.reset_buf = Instance("DCCA", i_CLKI=ResetSignal("reset"), i_CE=1,
+                                              o_CLKO=ResetSignal("sync"))
 
     def elaborate(self, platform):
         m = Module()

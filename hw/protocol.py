@@ -369,10 +369,10 @@ FLAG_READ_REGISTER = 0x01
 #: IDENTIFY ``flags`` bit: the device runs the whole LM step (WRITE_MEM, LM_CONFIG, GENERATE).
 FLAG_LM = 0x02
 #: IDENTIFY ``flags`` bits 2-3: log2 of the LM step's vector lanes (``LMParams.vector_lanes``):
-#: 0x04 two lanes, 0x08 four.
+#: 0x04 two lanes, 0x08 four, 0x0C eight.
 FLAG_VECTOR_2 = 0x04
 FLAG_VECTOR_4 = 0x08
-_VECTOR_FLAGS = {1: 0, 2: FLAG_VECTOR_2, 4: FLAG_VECTOR_4}
+_VECTOR_FLAGS = {1: 0, 2: FLAG_VECTOR_2, 4: FLAG_VECTOR_4, 8: FLAG_VECTOR_2 | FLAG_VECTOR_4}
 
 
 def max_link_rows(params):

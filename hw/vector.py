@@ -39,7 +39,7 @@ class VOp(enum.Enum, shape=4):
 
 
 #: The vector unit's widths: elements per cycle of an aligned elementwise instruction.
-LANES = (1, 2, 4)
+LANES = (1, 2, 4, 8)
 #: Quotient bits per cycle of the scalar divider (``quant``'s reciprocal, ``gain``'s quotient).
 DIVIDER_BITS = 2
 #: Root bits per cycle of the scalar square root (``gain``).
@@ -254,37 +254,71 @@ def _sat32(m, value, name):
     return out
 
 
-def _round_shift(m, sh):
-    """The shift ``sh`` (signed) of :func:`_round_first` decoded, to be registered before it:
-    ``(s, k, pos)`` with ``s = min(sh, 63)`` (for ``sh > 0``), ``k = max(-sh, 0)``, ``pos = sh > 0``."""
-    s, k, pos = Signal(6, name="round_s"), Signal(11, name="round_k"), Signal(name="round_pos")
-    m.d.comb += [s.eq(Mux(sh > 63, 63, sh[:6])), k.eq(Mux(sh < 0, -sh, 0)), pos.eq(sh > 0)]
-    return s, k, pos
+def _funnel(m, src, amount, width, name):
+    """A comb signal: ``width`` bits of ``src`` from bit ``amount`` up (unsigned ``amount``; the
+    bits past the top of ``src`` are its top bit repeated): a log shifter that keeps, at each
+    level, only the bits the levels below it still need."""
+    span = width + (1 << len(amount)) - 1
+    cur = Cat(src, *(src[-1] for _ in range(max(0, span - len(src)))))
+    for b in reversed(range(len(amount))):
+        step = 1 << b
+        keep = width + step - 1
+        nxt = Signal(keep, name=f"{name}_l{b}")
+        m.d.comb += nxt.eq(Mux(amount[b], cur[step:step + keep], cur[:keep]))
+        cur = nxt
+    return cur
 
 
-def _round_first(m, p, s, k, pos):
-    """First half of ``sat32(golden.shift_round(p, sh))`` for a signed ``p`` (< 2**62 in magnitude)
-    and a shift ``sh`` decoded by :func:`_round_shift` into ``(s, k, pos)``: ``(t, s, pos, left)``
-    with ``t = p + 2**(s-1)`` and ``left`` the saturated result of a shift ``sh <= 0``."""
-    half = Signal(64, name="round_half")
-    t = Signal(signed(67), name="round_t")
-    m.d.comb += [half.eq(Const(1, 64) << (s - 1)[:6]), t.eq(p + half)]
-    p32 = _sat32(m, p, "round_p32")
-    shifted = Signal(signed(64), name="round_shifted")
-    m.d.comb += shifted.eq(p32 << k[:5])
-    left = Signal(signed(33), name="round_left")
-    with m.If((k >= 32) & (p != 0)):
-        m.d.comb += left.eq(Mux(p < 0, golden.INT32_MIN, golden.INT32_MAX))
+#: ``_round_*``: the product's rounding, ``sat32(golden.shift_round(p, sh))`` of a signed ``p``
+#: (66 bits, ``|p| < 2**62``) and a signed shift ``sh``, as one funnel shift. ``src = p * 2**33``;
+#: a shift ``sh > 0`` takes the 34-bit window ``w = p >> (min(sh, 63) - 1)`` (floor) at ``amount =
+#: 32 + min(sh, 63)`` and rounds it (``(w + 1) >> 1``, the same as ``floor((p + 2**(sh-1)) /
+#: 2**sh)``); ``sh <= 0`` takes ``(p << -sh)`` mod 2**34 at ``amount = max(33 + sh, 0)``. The
+#: window is the true value exactly when the bits of ``p`` from bit ``amount`` up all equal its
+#: sign (``fits``); otherwise the result saturates by the sign of ``p``.
+_ROUND_SRC_ZEROS = 33
+_ROUND_WINDOW = 34
+
+
+def _round_amount(m, sh):
+    """The rounding's shift ``sh`` decoded, to be registered: ``(amount, pos)`` (7 bits, and
+    ``sh > 0``)."""
+    amount, pos = Signal(7, name="round_amount"), Signal(name="round_pos")
+    m.d.comb += pos.eq(sh > 0)
+    with m.If(sh > 63):
+        m.d.comb += amount.eq(32 + 63)
+    with m.Elif(sh > 0):
+        m.d.comb += amount.eq(32 + sh)
+    with m.Elif(sh > -_ROUND_SRC_ZEROS):
+        m.d.comb += amount.eq(_ROUND_SRC_ZEROS + sh)
     with m.Else():
-        m.d.comb += left.eq(_sat32(m, shifted, "round_left_sat"))
-    return t, s, pos, left
+        m.d.comb += amount.eq(0)
+    return amount, pos
 
 
-def _round_second(m, t, s, pos, left):
-    """Second half: the result of :func:`_round_first`'s ``(t, s, pos, left)``, saturated to int32."""
-    right = Signal(signed(67), name="round_right")
-    m.d.comb += right.eq(t >> s)
-    return _sat32(m, Mux(pos, right, left), "round_out")
+def _round_mask(m, amount, width):
+    """The thermometer of ``amount``, shared by the lanes, to be registered: bit ``i`` (of
+    ``width``) set when ``i >= amount``."""
+    mask = Signal(width, name="round_mask")
+    m.d.comb += mask.eq(Cat(*(amount <= i for i in range(width))))
+    return mask
+
+
+def _round(m, p, amount, pos, mask, name):
+    """A comb signal: ``sat32(golden.shift_round(p, sh))`` from ``p`` and the decoded shift
+    (:func:`_round_amount`, :func:`_round_mask` over ``len(p) - 1`` bits)."""
+    window = _funnel(m, Cat(Const(0, _ROUND_SRC_ZEROS), p), amount, _ROUND_WINDOW, f"{name}_w").as_signed()
+    sign = p[-1]
+    fits = Signal(name=f"{name}_fits")
+    m.d.comb += fits.eq(~((p[:-1] ^ sign.replicate(len(p) - 1)) & mask).any())
+    rounded = Signal(signed(_ROUND_WINDOW + 1), name=f"{name}_rounded")
+    m.d.comb += rounded.eq(Mux(pos, (window + 1) >> 1, window))
+    out = Signal(signed(32), name=f"{name}_out")
+    with m.If(~fits):
+        m.d.comb += out.eq(Mux(sign, golden.INT32_MIN, golden.INT32_MAX))
+    with m.Else():
+        m.d.comb += out.eq(_sat32(m, rounded, f"{name}_sat"))
+    return out
 
 
 def _lower_bound(m, c, s):
@@ -320,7 +354,7 @@ class VectorUnit(wiring.Component):
     cmem_depth : int
         Constant mantissas (int8).
     lanes : int
-        1, 2 or 4: elements per cycle of an elementwise instruction whose ``dst``, ``a``, ``b``
+        1, 2, 4 or 8: elements per cycle of an elementwise instruction whose ``dst``, ``a``, ``b``
         and ``c`` are multiples of ``lanes``, of a ``quant`` whose ``a`` is and of a rescaling
         ``matvec`` whose ``dst`` is (others take one per cycle). Speed only: every result is the
         same.
@@ -426,6 +460,7 @@ class VectorUnit(wiring.Component):
         reg_gs = Signal(signed(10))
         q = Signal(24)                      # quant: reciprocal and normalising shift
         qs = Signal(signed(7))
+        q_amount = Signal(6)                # qs as the normalising funnel's position (32 + qs: un = a >> qs)
         nx = Signal(64)                     # the scalar normaliser's value and shift
         ns = Signal(signed(8))
         nx_len, norm_wait = Signal(7), Signal()
@@ -442,9 +477,9 @@ class VectorUnit(wiring.Component):
         issues = Signal(range(OVERLAP_ISSUES + 1))  # its issues so far (up to OVERLAP_ISSUES)
         overlappable, overlap = Signal(), Signal()  # it is elementwise; the next is taken now
 
-        # -- pipeline: issue -> S0 (the words read, registered) -> S1 (operands) -> S2 (select) -> S3 (product)
-        #    -> S4 (round: add) -> S5 (round: shift, saturate) -> S6 (addend, saturate, write); then the reductions
-        #    fold in two more cycles. Every stage moves together (`advance`): only `xq` stalls it.
+        # -- pipeline: issue -> S0 (the words read, registered) -> S1 (operands) -> S2 (select) -> S3 (partial
+        #    products) -> S4 (their sum) -> S5 (round: funnel shift, add half, saturate) -> S6 (addend, saturate,
+        #    write); then the reductions fold in two more cycles. Every stage moves together (`advance`): only `xq` stalls it.
         #    Lane k of a wide issue is element idx + k; otherwise lane 0 alone carries element idx,
         #    its operands picked out of their words by their own lanes (sel).
         v = [Signal(L, name=f"v{k}") for k in range(1, 7)]   # v[0]: the read; then S0 (v0r); v[1] is S1 ... v[5] S6
@@ -471,14 +506,19 @@ class VectorUnit(wiring.Component):
         x3 = [Signal(signed(32), name=f"x3_{k}") for k in range(L)]
         y3 = [Signal(signed(32), name=f"y3_{k}") for k in range(L)]
         direct3 = [Signal(signed(34), name=f"direct3_{k}") for k in range(L)]
+        # the product's partial products (16 x 16 bits: one MULT18X18D / SB_MAC16 each), the middle
+        # two summed, registered at S3; summed at S4 (the DSPs and the whole carry chain were too
+        # slow for one cycle on the ECP5)
+        pl4 = [Signal(signed(35), name=f"pl4_{k}") for k in range(L)]     # low x low, or the bypassed value
+        pm4 = [Signal(signed(34), name=f"pm4_{k}") for k in range(L)]     # low x high + high x low
+        ph4 = [Signal(signed(32), name=f"ph4_{k}") for k in range(L)]     # high x high
         p4 = [Signal(signed(66), name=f"p4_{k}") for k in range(L)]
-        t5 = [Signal(signed(67), name=f"t5_{k}") for k in range(L)]
-        s5, pos5 = Signal(6), Signal()
-        left5 = [Signal(signed(33), name=f"left5_{k}") for k in range(L)]
+        p5 = [Signal(signed(66), name=f"p5_{k}") for k in range(L)]       # the product
+        amount5, pos5, mask5 = Signal(7), Signal(), Signal(65)           # its rounding (_round)
         r6 = [Signal(signed(32), name=f"r6_{k}") for k in range(L)]
         use3 = Signal()
         sh3 = Signal(signed(10))
-        s4, k4, pos4 = Signal(6), Signal(11), Signal()     # S3's shift decoded (_round_shift)
+        amount4, pos4 = Signal(7), Signal()     # S3's shift decoded (_round_amount)
         add = [[Signal(signed(33), name=f"add{s}_{k}") for k in range(L)] for s in range(3, 7)]
         red_v, red_val = Signal(L), [Signal(signed(32), name=f"red_val_{k}") for k in range(L)]
         red_kind = Signal(2)                # red_v's instruction's reduction
@@ -542,8 +582,8 @@ class VectorUnit(wiring.Component):
         addend = [Signal(signed(33), name=f"addend_{k}") for k in range(L)]
         use_direct, sh = Signal(), Signal(signed(10))
         sig = [rs[k].data for k in range(L)]
-        un = [Signal(signed(34), name=f"un_{k}") for k in range(L)]
-        m.d.comb += [un[k].eq(Mux(qs >= 0, a2[k] >> qs.as_unsigned()[:6], a2[k] << (-qs).as_unsigned()[:5]))
+        un = [Signal(signed(32), name=f"un_{k}") for k in range(L)]
+        m.d.comb += [un[k].eq(_funnel(m, Cat(Const(0, 32), a2[k]), q_amount, 32, f"un_{k}").as_signed())
                      for k in range(L)]
         with m.Switch(ctl[1].op):
             with m.Case(VOp.MULC):
@@ -581,26 +621,30 @@ class VectorUnit(wiring.Component):
             with m.Case(VOp.RSUB):
                 m.d.comb += use_direct.eq(1)
                 m.d.comb += [direct[k].eq(golden.FIX_ONE - a2[k]) for k in range(L)]
-        # S3: the product (or the bypassed value), and its shift decoded; S4: the rounding's addition, and the left
-        # shift of a negative shift; S5: the rounding's right shift and the saturation
-        s3d, k3d, pos3d = _round_shift(m, sh3)
+        # S3: the partial products (or the bypassed value), and the shift decoded; S4: their sum,
+        # and the shift's thermometer; S5: the rounding (one funnel shift, the half added, the
+        # saturation: _round)
+        amount3d, pos3d = _round_amount(m, sh3)
         with m.If(advance):
             m.d.sync += [ctl[k + 1].eq(ctl[k]) for k in range(1, 5)]
             m.d.sync += [v[2].eq(v[1]), idx[2].eq(idx[1]), sh3.eq(sh), use3.eq(use_direct),
-                         v[3].eq(v[2]), idx[3].eq(idx[2]), s4.eq(s3d), k4.eq(k3d), pos4.eq(pos3d),
+                         v[3].eq(v[2]), idx[3].eq(idx[2]), amount4.eq(amount3d), pos4.eq(pos3d),
                          v[4].eq(v[3]), idx[4].eq(idx[3]),
                          v[5].eq(v[4]), idx[5].eq(idx[4])]
         rounded = []
         for k in range(L):
-            ta, sa, posa, lefta = _round_first(m, p4[k], s4, k4, pos4)
-            rounded.append(_round_second(m, t5[k], s5, pos5, left5[k]))
+            xl, xh = x3[k][:16], x3[k][16:].as_signed()
+            yl, yh = y3[k][:16], y3[k][16:].as_signed()
+            m.d.comb += p4[k].eq(pl4[k] + (pm4[k] << 16) + (ph4[k] << 32))
+            rounded.append(_round(m, p5[k], amount5, pos5, mask5, f"round_{k}"))
             with m.If(advance):
                 m.d.sync += [x3[k].eq(x[k]), y3[k].eq(y[k]), add[0][k].eq(addend[k]), direct3[k].eq(direct[k]),
-                             p4[k].eq(Mux(use3, direct3[k], x3[k] * y3[k])), add[1][k].eq(add[0][k]),
-                             t5[k].eq(ta), left5[k].eq(lefta), add[2][k].eq(add[1][k]),
+                             pl4[k].eq(Mux(use3, direct3[k], xl * yl)), pm4[k].eq(Mux(use3, 0, xl * yh + xh * yl)),
+                             ph4[k].eq(Mux(use3, 0, xh * yh)), add[1][k].eq(add[0][k]),
+                             p5[k].eq(p4[k]), add[2][k].eq(add[1][k]),
                              r6[k].eq(rounded[k]), add[3][k].eq(add[2][k])]
                 if k == 0:
-                    m.d.sync += [s5.eq(sa), pos5.eq(posa)]
+                    m.d.sync += [amount5.eq(amount4), pos5.eq(pos4), mask5.eq(_round_mask(m, amount4, 65))]
         # S6: add, saturate, write (or offer the activation); hand the values to the reductions
         result = [_sat32(m, r6[k] + add[3][k], f"result_{k}") for k in range(L)]
         for k in range(L):
@@ -804,7 +848,7 @@ class VectorUnit(wiring.Component):
                 m.next = "RUN"
 
             with m.State("Q_DIV"):
-                m.d.sync += qs.eq(ns)
+                m.d.sync += [qs.eq(ns), q_amount.eq(Mux(ns > 31, 63, Mux(ns < -32, 0, 32 + ns)))]
                 with m.If(nx == 0):
                     m.d.sync += q.eq(0)
                     stream_and_gain()

@@ -33,7 +33,7 @@ CONST_BITS = 8
 EMBED_BITS = 8
 #: The compiler starts every vector buffer and constant vector at a multiple of this (the widest
 #: vector unit's lanes, :data:`tritium.hw.vector.LANES`): speed only, never results.
-VECTOR_ALIGN = 4
+VECTOR_ALIGN = 8
 
 #: The vector program's instructions and what each computes (``docs/arithmetic.md``). ``a``,
 #: ``b`` and ``dst`` are vector-memory addresses, ``c`` a constant-memory address, ``n`` the

@@ -16,6 +16,7 @@ from tritium.host.generate import IntegerStepLM, generate
 from tritium.host.models import DEFAULT_MODEL, load_model
 from tritium.host.transport import GoldenTransport, Transport
 from tritium.hw import protocol as P
+from tritium.hw.boards import BOARDS
 from tritium.hw.params import CONFIGS, LM_DEFAULT, LMParams
 from tritium.hw.vector import VOp, instruction_layout
 from tritium.sim import lmstep
@@ -656,10 +657,12 @@ def test_cli_info_reports_the_lm_step(capsys, monkeypatch):
 def test_cli_auto_runs_on_the_host_what_the_device_cannot(capsys, monkeypatch):
     # a prompt longer than one GENERATE holds (2038 tokens on the ULX3S device, whose 64-byte weight
     # words set the payload limit): --mode device refuses it in one line, before loading anything
+    limit = P.max_payload(BOARDS["ulx3s-85f"][1]) - P.GENERATE_LAYOUT.size
+    assert limit == 2038
     assert cli(["generate", "--prompt-ids", ",".join(["65"] * 3000), "--max-tokens", "1", "--backend", "golden",
                 "--quiet", "--mode", "device"]) == 2
     assert capsys.readouterr().err == ("tritium: error: --mode device: a prompt of 3000 tokens; one GENERATE "
-                                       "takes at most 2038\n")
+                                       f"takes at most {limit}\n")
     # a model that does not fit the device's LM step: auto says why and runs it on the host
     import tritium.hw.params
     monkeypatch.setattr(tritium.hw.params, "LM_DEFAULT", LMParams(vmem_depth=1024))

@@ -68,7 +68,7 @@ def _run_ops(ops, vmem0, cmem, *, seed, ext=None, stall_prob=0.3, lanes=1):
     return snap["vmem"], spec, regs
 
 
-@pytest.mark.parametrize("seed, lanes, n", [(0, 1, 24), (1, 1, 24), (0, 2, 24), (1, 2, 25), (2, 2, 23), (3, 4, 24), (4, 4, 26), (5, 4, 23)])
+@pytest.mark.parametrize("seed, lanes, n", [(0, 1, 24), (1, 1, 24), (0, 2, 24), (1, 2, 25), (2, 2, 23), (3, 4, 24), (4, 4, 26), (5, 4, 23), (6, 8, 24), (7, 8, 29), (8, 8, 21)])
 def test_elementwise_ops_match_the_spec(seed, lanes, n):
     # Every elementwise instruction with and without reductions, over values that reach
     # saturation, the sigmoid table's ends and the rounding ties; random stalls on the streams.
@@ -94,7 +94,7 @@ def test_elementwise_ops_match_the_spec(seed, lanes, n):
     assert np.array_equal(got, spec)
 
 
-@pytest.mark.parametrize("scale, lanes", [(1e-4, 1), (0.3, 1), (50, 2), (20000, 2), (0.3, 4), (20000, 4)])
+@pytest.mark.parametrize("scale, lanes", [(1e-4, 1), (0.3, 1), (50, 2), (20000, 2), (0.3, 4), (20000, 4), (0.3, 8), (20000, 8)])
 def test_bitlinear_sequence_matches_the_spec(scale, lanes):
     # mulc with a max, quant (activations leave on xq), matvec (products come back on ext),
     # gain, rescale: the BitLinear of the LM step, over inputs small to huge.
@@ -120,7 +120,7 @@ def test_bitlinear_sequence_matches_the_spec(scale, lanes):
     assert np.abs(seen[0]).max() == 127
 
 
-@pytest.mark.parametrize("scale, lanes", [(1e-4, 1), (0.3, 2), (20000, 2), (1e-4, 4), (0.3, 4)])
+@pytest.mark.parametrize("scale, lanes", [(1e-4, 1), (0.3, 2), (20000, 2), (1e-4, 4), (0.3, 4), (0.3, 8)])
 def test_fused_bitlinear_matches_the_spec_and_the_unfused_one(scale, lanes):
     # quant with the gain folded in (imm != 0), then matvec rescaling its products as they come
     # in on ext (imm = 1): what the compiler emits; equal to the spec, and to quant, matvec,
@@ -179,13 +179,13 @@ def _small_image():
     return lmstep.compile_mmfree(_load_mmfree(random_mmfree(cfg, seed=3), cfg, "random", {}))
 
 
-@pytest.mark.parametrize("lanes", [1, 2, 4])
+@pytest.mark.parametrize("lanes", [1, 2, 4, 8])
 def test_a_small_models_step_runs_bit_exactly_on_the_vector_unit(lanes):
     # another shape, compiled from its config: no RTL change, same exact agreement
     _program_on_rtl(_small_image(), [5, 17, 40, 0], lanes=lanes)
 
 
-@pytest.mark.parametrize("lanes", [1, 2, 4])
+@pytest.mark.parametrize("lanes", [1, 2, 4, 8])
 def test_the_shipped_models_step_runs_bit_exactly_on_the_vector_unit(shipped_image, lanes):
     cycles = _program_on_rtl(shipped_image, list(b"The"), lanes=lanes)
     print(f"vector unit cycles per token (shipped model, {lanes} lanes, 10% stalls on ext/xq): {cycles}")

@@ -28,8 +28,8 @@ __all__ = ["BOARDS", "BoardTop", "board_platform", "board_build_dir", "bitstream
 #: iCEBreaker: 12 MHz oscillator, FT2232H; weights in the four SPRAMs (512K trits). The LM step
 #: does not fit beside the engine in the UP5K's 5,280 cells yet (docs/vector.md): the board is the
 #: matrix-vector coprocessor.
-#: ULX3S 85F: 25 MHz oscillator, FT231X; a 32 x 8-trit engine (256 MAC/cycle) with its weights in 57
-#: DP16KD (2048 x 512 bits, 512K trits), and the whole LM step on the chip (eight vector lanes).
+#: ULX3S 85F: 25 MHz oscillator, FT231X; a 64 x 4-trit engine (256 MAC/cycle) with its weights in 57
+#: DP16KD (2048 x 512 bits, 512K trits), and the whole LM step on the chip (four vector lanes).
 #: The system clocks come from each board's PLL: the highest whole-MHz frequency (the UART divides
 #: it to 1 Mbaud exactly) that met timing on nextpnr seeds 1, 2 and 3 (docs/perf/lm.md); the clocks
 #: and bauds are the cost model's (:data:`tritium.sim.cost.BOARD_LINKS`).

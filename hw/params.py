@@ -204,10 +204,10 @@ CONFIGS = {
     "odd": EngineParams(lanes=3, trits=3, packing="trit2", max_k=200, weight_depth=128),
     "default-reg": EngineParams(lanes=8, trits=4, packing="trit2", max_k=1024, weight_depth=512,
                                 read_register=True),
-    # the ULX3S 85F board's engine: 32 lanes x 8 trits (256 MAC/cycle) over 57 DP16KD (2048 words
-    # of 512 bits, 512K trits); eight activations a cycle, as the eight-lane vector unit quantizes
-    # them (docs/lmcore.md: cycles per token for other shapes)
-    "ulx3s": EngineParams(lanes=32, trits=8, packing="trit2", max_k=2048, weight_depth=2048),
+    # the ULX3S 85F board's engine: 64 lanes x 4 trits (256 MAC/cycle) over 57 DP16KD (2048 words
+    # of 512 bits, 512K trits); beside the on-chip LM step (docs/lmcore.md: cycles per token for
+    # 8, 16, 32 and 64 lanes)
+    "ulx3s": EngineParams(lanes=64, trits=4, packing="trit2", max_k=2048, weight_depth=2048),
 }
 
 
@@ -271,5 +271,5 @@ class LMParams:
 
 
 #: The on-chip LM step sized for the shipped MatMul-free model (1,408 vector words, 4,608 constant
-#: bytes, 102 instructions, a 256 x 128 embedding) with room to spare; an eight-lane vector unit.
-LM_DEFAULT = LMParams(vector_lanes=8)
+#: bytes, 102 instructions, a 256 x 128 embedding) with room to spare; a four-lane vector unit.
+LM_DEFAULT = LMParams(vector_lanes=4)

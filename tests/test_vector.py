@@ -291,7 +291,7 @@ def test_bit_length_tree_is_exact():
     assert len(got) > 300 and all(a == b for a, b in got)
 
 
-@pytest.mark.parametrize("seed, lanes", [(0, 1), (1, 2), (2, 4), (3, 4), (4, 2), (5, 4)])
+@pytest.mark.parametrize("seed, lanes", [(0, 1), (1, 2), (2, 4), (3, 4), (4, 2), (5, 4), (6, 8)])
 def test_back_to_back_elementwise_instructions_match_the_spec(seed, lanes):
     # Chains of elementwise instructions that the unit takes while the one before drains, where
     # that is safe: each reads the vector just written from its start (at lengths around the

@@ -12,7 +12,7 @@ import os
 import pathlib
 import sys
 
-from amaranth.hdl import ClockDomain, ClockSignal, Elaboratable, Instance, Module, ResetSignal, Signal
+from amaranth.hdl import ClockDomain, ClockSignal, Elaboratable, Instance, Module, Signal
 from amaranth.lib import io
 from amaranth.lib.cdc import ResetSynchronizer
 
@@ -132,18 +132,7 @@ class BoardTop(Elaboratable):
                 a_FREQUENCY_PIN_CLKOP=str(self.clock_hz / 1e6))
         # (nextpnr derives the output's constraint from the PLL's parameters; build() checks it)
         m.d.comb += ClockSignal("sync").eq(clk)
-        if self.board == "icebreaker":
-            # (nextpnr-ice40 puts the reset on a global buffer by itself)
-            m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")
-        else:
-            # nextpnr-ecp5 promotes only clocks: the synchronised reset, which reaches every
-            # flip-flop, goes onto a global network through a DCCA (in fabric routing it took up to
-            # 22.6 ns and set the clock on some seeds)
-            m.domains.reset = ClockDomain("reset")
-            m.d.comb += ClockSignal("reset").eq(clk)
-            m.submodules.reset_sync = ResetSynchronizer(~locked, domain="reset")
-            m.submodules.reset_buf = Instance("DCCA", i_CLKI=ResetSignal("reset"), i_CE=1,
-                                              o_CLKO=ResetSignal("sync"))
+        m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")
 
     def elaborate(self, platform):
         m = Module()

@@ -459,8 +459,7 @@ class VectorUnit(wiring.Component):
         reg_g = Signal(24)                  # G: gain and shift
         reg_gs = Signal(signed(10))
         q = Signal(24)                      # quant: reciprocal and normalising shift
-        qs = Signal(signed(7))
-        q_amount = Signal(6)                # qs as the normalising funnel's position (32 + qs: un = a >> qs)
+        q_amount = Signal(6)                # the normalising shift ns as the funnel's position (32 + ns: un = a >> ns)
         nx = Signal(64)                     # the scalar normaliser's value and shift
         ns = Signal(signed(8))
         nx_len, norm_wait = Signal(7), Signal()
@@ -848,7 +847,7 @@ class VectorUnit(wiring.Component):
                 m.next = "RUN"
 
             with m.State("Q_DIV"):
-                m.d.sync += [qs.eq(ns), q_amount.eq(Mux(ns > 31, 63, Mux(ns < -32, 0, 32 + ns)))]
+                m.d.sync += q_amount.eq(Mux(ns > 31, 63, Mux(ns < -32, 0, 32 + ns)))
                 with m.If(nx == 0):
                     m.d.sync += q.eq(0)
                     stream_and_gain()

@@ -269,12 +269,23 @@ class LMCore(wiring.Component):
         emb_pend = Signal()            # a read was issued last cycle: its byte is on the port
         emb_full = Signal()            # `emb_val` holds the next value for `ext`
         emb_val = Signal(signed(24))
+        # `ext` is fed from a register (ext_r), loaded from either source: the tile multiplexer's
+        # path ends there, and a value a cycle still flows
+        src_valid, src_ready = Signal(), Signal()
+        src_pay = Signal(vu.ext.payload.shape())
+        ext_r, ext_full = Signal(vu.ext.payload.shape()), Signal()
+        m.d.comb += [src_ready.eq(~ext_full | vu.ext.ready),
+                     vu.ext.valid.eq(ext_full), vu.ext.payload.eq(ext_r)]
+        with m.If(src_valid & src_ready):
+            m.d.sync += [ext_r.eq(src_pay), ext_full.eq(1)]
+        with m.Elif(vu.ext.ready):
+            m.d.sync += ext_full.eq(0)
         ext_from_tiles = Signal()
         ext_from_embed = Signal()
         with m.If(ext_from_tiles):
-            m.d.comb += [vu.ext.valid.eq(self.res.valid), vu.ext.payload.count.eq(Mux(tile_left < lanes_v, tile_left, lanes_v))]
-            m.d.comb += [vu.ext.payload.values[k].eq(tile_vals[k]) for k in range(lanes_v)]
-            with m.If(vu.ext.ready & self.res.valid):
+            m.d.comb += [src_valid.eq(self.res.valid), src_pay.count.eq(Mux(tile_left < lanes_v, tile_left, lanes_v))]
+            m.d.comb += [src_pay.values[k].eq(tile_vals[k]) for k in range(lanes_v)]
+            with m.If(src_ready & self.res.valid):
                 m.d.sync += tile_g.eq(tile_g + 1)
                 with m.If(tile_left <= lanes_v):
                     m.d.comb += self.res.ready.eq(1)
@@ -284,13 +295,13 @@ class LMCore(wiring.Component):
         emb_capture, emb_issue = Signal(), Signal()
         emb_n, emb_base = Signal.like(n), Signal.like(row_base)      # the running embed's, from ISSUE
         with m.If(ext_from_embed):
-            m.d.comb += [emb_capture.eq(emb_pend & (~emb_full | vu.ext.ready)),
+            m.d.comb += [emb_capture.eq(emb_pend & (~emb_full | src_ready)),
                          emb_issue.eq(~(emb_pend & ~emb_capture) & (emb_i < emb_n)),
                          emb_rd.addr.eq(emb_base + emb_i), emb_rd.en.eq(emb_issue),
-                         vu.ext.valid.eq(emb_full), vu.ext.payload.values[0].eq(emb_val), vu.ext.payload.count.eq(1)]
+                         src_valid.eq(emb_full), src_pay.values[0].eq(emb_val), src_pay.count.eq(1)]
             with m.If(emb_capture):
                 m.d.sync += [emb_val.eq(emb_rd.data * scl_rd.data), emb_full.eq(1)]
-            with m.Elif(emb_full & vu.ext.ready):
+            with m.Elif(emb_full & src_ready):
                 m.d.sync += emb_full.eq(0)
             with m.If(emb_issue):
                 m.d.sync += [emb_i.eq(emb_i + 1), emb_pend.eq(1)]

@@ -11,7 +11,7 @@ program loader.
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, signed, unsigned
-from amaranth.lib import data, enum, memory, stream, wiring
+from amaranth.lib import data, enum, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..sim import golden, lmstep
@@ -50,6 +50,10 @@ COUNT_BITS = golden.MAX_VECTOR.bit_length()
 #: issued this many times (its elements then stand far enough ahead in the pipeline: see
 #: :class:`VectorUnit`).
 OVERLAP_ISSUES = 7
+
+#: ``quant`` transfers the unit holds for ``xq`` (in its pipeline and its output FIFO): enough
+#: that a consumer taking one a cycle never waits for the issue, which pauses at this many owed.
+XQ_DEPTH = 16
 
 _ELEMENTWISE = [VOp[c.upper()] for c in lmstep.ELEMENTWISE]
 _READS_A = [VOp[c.upper()] for c in lmstep.READS_A]
@@ -387,7 +391,9 @@ class VectorUnit(wiring.Component):
     xq : Out(stream of :func:`xq_layout`)
         The ``n`` activations of a ``quant`` instruction, in order: ``count`` of them a transfer
         in ``values[0 .. count-1]`` (``lanes`` when ``a`` is aligned, the last transfer perhaps
-        fewer; else one); the unit stalls while ``xq`` is not ready.
+        fewer; else one), from a FIFO of :data:`XQ_DEPTH` transfers: while ``xq`` is not
+        ready the unit stops issuing once that many are owed (the instruction may end, and the
+        next start, before the FIFO is drained).
     cload : In(stream: ``addr``, ``data`` (signed 8))
         Writes the constant memory (while idle).
     peek : In(stream of a vector address)
@@ -470,7 +476,6 @@ class VectorUnit(wiring.Component):
         gshift = Signal(signed(8))          # the gain's instruction's shift (a matvec may follow it meanwhile)
         issue = Signal(COUNT_BITS + 1)
         wcount = Signal(COUNT_BITS + 1)
-        advance = Signal()
         gain_go, gain_busy = Signal(), Signal()
         wide = Signal()                     # this instruction streams L elements per issue
         issues = Signal(range(OVERLAP_ISSUES + 1))  # its issues so far (up to OVERLAP_ISSUES)
@@ -478,7 +483,7 @@ class VectorUnit(wiring.Component):
 
         # -- pipeline: issue -> S0 (the words read, registered) -> S1 (operands) -> S2 (select) -> S3 (partial
         #    products) -> S4 (their sum) -> S5 (round: funnel shift, add half, saturate) -> S6 (addend, saturate,
-        #    write); then the reductions fold in two more cycles. Every stage moves together (`advance`): only `xq` stalls it.
+        #    write); then the reductions fold in two more cycles. No stage ever stalls: what may wait (a quant's `xq`) waits at the issue.
         #    Lane k of a wide issue is element idx + k; otherwise lane 0 alone carries element idx,
         #    its operands picked out of their words by their own lanes (sel).
         v = [Signal(L, name=f"v{k}") for k in range(1, 7)]   # v[0]: the read; then S0 (v0r); v[1] is S1 ... v[5] S6
@@ -544,10 +549,9 @@ class VectorUnit(wiring.Component):
         ra_q, rb_q, rc_q = Signal.like(ra.data), Signal.like(rb.data), Signal.like(rc.data)
         sel_ar, sel_br, sel_cr = Signal.like(sel_a), Signal.like(sel_b), Signal.like(sel_c)
         ext_qr = [Signal(signed(32), name=f"ext_qr{k}") for k in range(L)]
-        with m.If(advance):
-            m.d.sync += [v0r.eq(v[0]), idx0r.eq(idx[0]), ctl0r.eq(ctl[0]), ra_q.eq(ra.data), rb_q.eq(rb.data), rc_q.eq(rc.data),
-                         sel_ar.eq(sel_a), sel_br.eq(sel_b), sel_cr.eq(sel_c)] + \
-                [ext_qr[k].eq(ext_q[k]) for k in range(L)]
+        m.d.sync += [v0r.eq(v[0]), idx0r.eq(idx[0]), ctl0r.eq(ctl[0]), ra_q.eq(ra.data), rb_q.eq(rb.data), rc_q.eq(rc.data),
+                     sel_ar.eq(sel_a), sel_br.eq(sel_b), sel_cr.eq(sel_c)] + \
+            [ext_qr[k].eq(ext_q[k]) for k in range(L)]
         a1 = [Signal(signed(32), name=f"a1_{k}") for k in range(L)]
         b1 = [Signal(signed(32), name=f"b1_{k}") for k in range(L)]
         c1 = [Signal(signed(8), name=f"c1_{k}") for k in range(L)]
@@ -563,16 +567,15 @@ class VectorUnit(wiring.Component):
         for k in range(L):
             top = a1[k][golden.SIGMOID_SHIFT + ib - 1:]
             in_range = top.all() | ~top.any()
-            m.d.comb += [rs[k].en.eq(advance),
+            m.d.comb += [rs[k].en.eq(1),
                          rs[k].addr.eq(Mux(in_range, Cat(a1[k][golden.SIGMOID_SHIFT:golden.SIGMOID_SHIFT + ib - 1],
                                                          ~a1[k][golden.SIGMOID_SHIFT + ib - 1]),
                                            Mux(a1[k][-1], 0, golden.SIGMOID_ENTRIES - 1)))]
-        with m.If(advance):
-            m.d.sync += [v[1].eq(v0r), idx[1].eq(idx0r), ctl[1].eq(ctl0r)]
-            for k in range(L):
-                m.d.sync += [a2[k].eq(Mux(ctl0r.op == VOp.MATVEC, ext_qr[k], a1[k])), b2[k].eq(b1[k]),
-                             b2r[k].eq(_sat32(m, golden.FIX_ONE - b1[k], f"one_minus_b_{k}")), c2[k].eq(c1[k]),
-                             lb[k].eq(_lower_bound(m, c1[k], ctl0r.shift - golden.FIX_FRAC))]
+        m.d.sync += [v[1].eq(v0r), idx[1].eq(idx0r), ctl[1].eq(ctl0r)]
+        for k in range(L):
+            m.d.sync += [a2[k].eq(Mux(ctl0r.op == VOp.MATVEC, ext_qr[k], a1[k])), b2[k].eq(b1[k]),
+                         b2r[k].eq(_sat32(m, golden.FIX_ONE - b1[k], f"one_minus_b_{k}")), c2[k].eq(c1[k]),
+                         lb[k].eq(_lower_bound(m, c1[k], ctl0r.shift - golden.FIX_FRAC))]
         # S2: pick the product's operands, its shift and an addend: one signed 32 x 32 product
         # path per lane (4 SB_MAC16 on the UP5K); add, rsub and sigmoid bypass it
         x = [Signal(signed(32), name=f"x_{k}") for k in range(L)]
@@ -624,30 +627,33 @@ class VectorUnit(wiring.Component):
         # and the shift's thermometer; S5: the rounding (one funnel shift, the half added, the
         # saturation: _round)
         amount3d, pos3d = _round_amount(m, sh3)
-        with m.If(advance):
-            m.d.sync += [ctl[k + 1].eq(ctl[k]) for k in range(1, 5)]
-            m.d.sync += [v[2].eq(v[1]), idx[2].eq(idx[1]), sh3.eq(sh), use3.eq(use_direct),
-                         v[3].eq(v[2]), idx[3].eq(idx[2]), amount4.eq(amount3d), pos4.eq(pos3d),
-                         v[4].eq(v[3]), idx[4].eq(idx[3]),
-                         v[5].eq(v[4]), idx[5].eq(idx[4])]
+        m.d.sync += [ctl[k + 1].eq(ctl[k]) for k in range(1, 5)]
+        m.d.sync += [v[2].eq(v[1]), idx[2].eq(idx[1]), sh3.eq(sh), use3.eq(use_direct),
+                     v[3].eq(v[2]), idx[3].eq(idx[2]), amount4.eq(amount3d), pos4.eq(pos3d),
+                     v[4].eq(v[3]), idx[4].eq(idx[3]),
+                     v[5].eq(v[4]), idx[5].eq(idx[4])]
         rounded = []
         for k in range(L):
             xl, xh = x3[k][:16], x3[k][16:].as_signed()
             yl, yh = y3[k][:16], y3[k][16:].as_signed()
             m.d.comb += p4[k].eq(pl4[k] + (pm4[k] << 16) + (ph4[k] << 32))
             rounded.append(_round(m, p5[k], amount5, pos5, mask5, f"round_{k}"))
-            with m.If(advance):
-                m.d.sync += [x3[k].eq(x[k]), y3[k].eq(y[k]), add[0][k].eq(addend[k]), direct3[k].eq(direct[k]),
-                             pl4[k].eq(Mux(use3, direct3[k], xl * yl)), pm4[k].eq(Mux(use3, 0, xl * yh + xh * yl)),
-                             ph4[k].eq(Mux(use3, 0, xh * yh)), add[1][k].eq(add[0][k]),
-                             p5[k].eq(p4[k]), add[2][k].eq(add[1][k]),
-                             r6[k].eq(rounded[k]), add[3][k].eq(add[2][k])]
-                if k == 0:
-                    m.d.sync += [amount5.eq(amount4), pos5.eq(pos4), mask5.eq(_round_mask(m, amount4, 65))]
+            m.d.sync += [x3[k].eq(x[k]), y3[k].eq(y[k]), add[0][k].eq(addend[k]), direct3[k].eq(direct[k]),
+                         pl4[k].eq(Mux(use3, direct3[k], xl * yl)), pm4[k].eq(Mux(use3, 0, xl * yh + xh * yl)),
+                         ph4[k].eq(Mux(use3, 0, xh * yh)), add[1][k].eq(add[0][k]),
+                         p5[k].eq(p4[k]), add[2][k].eq(add[1][k]),
+                         r6[k].eq(rounded[k]), add[3][k].eq(add[2][k])]
+            if k == 0:
+                m.d.sync += [amount5.eq(amount4), pos5.eq(pos4), mask5.eq(_round_mask(m, amount4, 65))]
         # S6: add, saturate, write (or offer the activation); hand the values to the reductions
         result = [_sat32(m, r6[k] + add[3][k], f"result_{k}") for k in range(L)]
+        # quant's activations go into a FIFO (XQ_DEPTH transfers) that `xq` drains: the pipeline
+        # never stalls; a quant issues only while the FIFO has room for every transfer in flight
+        xq_fifo = m.submodules.xq_fifo = fifo.SyncFIFOBuffered(width=Shape.cast(self.xq.payload.shape()).width,
+                                                               depth=XQ_DEPTH)
+        xq_in = Signal(self.xq.payload.shape())
         for k in range(L):
-            qv = self.xq.payload.values[k]
+            qv = xq_in.values[k]
             with m.If(r6[k] > 127):
                 m.d.comb += qv.eq(127)
             with m.Elif(r6[k] < -127):
@@ -656,11 +662,17 @@ class VectorUnit(wiring.Component):
                 m.d.comb += qv.eq(r6[k])
         is_quant = ctl[5].op == VOp.QUANT
         last, wide6 = v[5], ctl[5].wide
-        m.d.comb += [self.xq.payload.count.eq(sum(last[k] for k in range(L))),
-                     self.xq.valid.eq(last.any() & is_quant & running),
-                     advance.eq(~(last.any() & is_quant & ~self.xq.ready))]
+        m.d.comb += [xq_in.count.eq(sum(last[k] for k in range(L))),
+                     xq_fifo.w_data.eq(xq_in), xq_fifo.w_en.eq(last.any() & is_quant & running),
+                     self.xq.payload.eq(xq_fifo.r_data), self.xq.valid.eq(xq_fifo.r_rdy),
+                     xq_fifo.r_en.eq(self.xq.ready)]
+        xq_owed = Signal(range(XQ_DEPTH + 1))       # quant transfers issued and not yet taken from `xq`
+        xq_room = Signal()
+        m.d.comb += xq_room.eq(xq_owed != XQ_DEPTH)
+        xq_issue = Signal()
+        m.d.sync += xq_owed.eq(xq_owed + xq_issue - (self.xq.valid & self.xq.ready))
         m.d.sync += red_v.eq(0)
-        with m.If(last.any() & advance & running):
+        with m.If(last.any() & running):
             m.d.sync += wcount.eq(wcount + sum(last[k] for k in range(L)))
             with m.If(~is_quant):
                 elem = ctl[5].dst + idx[5]
@@ -708,12 +720,13 @@ class VectorUnit(wiring.Component):
         # issue: read the words of element `issue` of a, b and c (a wide issue: L elements from
         # aligned words; a rescaling matvec: take the element from `ext`)
         ea, eb, ec = cur.a + issue, cur.b + issue, cur.c + issue
-        m.d.comb += [ra.en.eq(advance), rb.en.eq(advance), rc.en.eq(advance),
+        m.d.comb += [ra.en.eq(1), rb.en.eq(1), rc.en.eq(1),
                      ra.addr.eq(word_of(ea)), rb.addr.eq(word_of(eb)), rc.addr.eq(word_of(ec)),
                      from_ext.eq(op == VOp.MATVEC)]
-        with m.If(advance):
-            m.d.sync += v[0].eq(0)
-        can_issue = running & advance & (issue < cur.n) & ~gain_busy    # a rescale waits for its gain
+        m.d.sync += v[0].eq(0)
+        # a rescale waits for its gain; a quant for room in the activation FIFO
+        can_issue = running & (issue < cur.n) & ~gain_busy & ((op != VOp.QUANT) | xq_room)
+        m.d.comb += xq_issue.eq(can_issue & (op == VOp.QUANT))
         # a wide matvec takes a whole transfer an issue; otherwise one value of it an issue
         with m.If(from_ext & wide):
             m.d.comb += self.ext.ready.eq(can_issue)

@@ -30,8 +30,9 @@ __all__ = ["BOARDS", "BoardTop", "board_platform", "board_build_dir", "bitstream
 #: matrix-vector coprocessor.
 #: ULX3S 85F: 25 MHz oscillator, FT231X; a 64 x 4-trit engine (256 MAC/cycle) with its weights in 57
 #: DP16KD (2048 x 512 bits, 512K trits), and the whole LM step on the chip (four vector lanes).
-#: The system clocks come from each board's PLL: the highest whole-MHz frequency (the UART divides
-#: it to 1 Mbaud exactly) that met timing on nextpnr seeds 1, 2 and 3 (docs/perf/lm.md); the clocks
+#: The system clocks come from each board's PLL: the highest whole-MHz frequency the PLL makes
+#: exactly (the UART divides it to 1 Mbaud exactly) that met timing on nextpnr seeds 1, 2 and 3
+#: (docs/perf/lm.md; the ULX3S's next, 50 MHz, failed on seed 1 at 43.84 MHz); the clocks
 #: and bauds are the cost model's (:data:`tritium.sim.cost.BOARD_LINKS`).
 BOARDS = {
     "icebreaker": ("amaranth_boards.icebreaker:ICEBreakerPlatform", CONFIGS["up5k-spram"],

@@ -178,10 +178,12 @@ class TernaryMatVec(wiring.Component):
     Members
     -------
     wr : In(stream of {addr, data})
-        Weight word writes. Accepted (``ready``) whenever no product is computing.
+        Weight word writes. Accepted (``ready``) whenever no product is computing, one a cycle;
+        each lands in the memory the cycle after its transfer.
     cmd : In(stream of {base, rows, chunks})
         One product: the matrix at word ``base`` with ``rows`` = M rows and ``chunks`` =
-        ``ceil(K / trits)`` activation words. Accepted only when idle. A command with
+        ``ceil(K / trits)`` activation words. Accepted only when idle and no write is offered
+        or still to land (so a product reads every write transferred before it). A command with
         ``rows == 0`` or ``chunks == 0`` is consumed and does nothing; ``base``, ``rows`` and
         ``chunks`` beyond the memory (:meth:`EngineParams.check_shape`) are the sender's error.
     act : In(stream of activation words)
@@ -278,20 +280,30 @@ class TernaryMatVec(wiring.Component):
         issue = Signal()
         m.d.comb += issue.eq(Mux(loading, self.act.valid, running & ~(is_last & (bank_full | last_in_flight))))
 
+        # a weight write is taken into a register and written from there the next cycle (the
+        # memory's address pins see only registers through the one multiplexer); a command waits
+        # until no write is pending or being offered, so its reads follow every earlier write
+        wr_v = Signal()
+        wr_r = Signal(lay.weight_write, reset_less=True)
+        idle = ~running & ~loading
+        m.d.comb += self.wr.ready.eq(idle)
+        with m.If(self.wr.valid & idle):
+            m.d.sync += [wr_v.eq(1), wr_r.eq(self.wr.payload)]
+        with m.Elif(idle):
+            m.d.sync += wr_v.eq(0)
         m.d.comb += [
-            self.wr.ready.eq(~running & ~loading),
-            wmem.addr.eq(Mux(running | loading, waddr, self.wr.payload.addr)),
-            wmem.wr_data.eq(self.wr.payload.data),
-            wmem.we.eq(self.wr.valid & ~running & ~loading),
+            wmem.addr.eq(Mux(running | loading, waddr, wr_r.addr)),
+            wmem.wr_data.eq(wr_r.data),
+            wmem.we.eq(wr_v & idle),
             x_rd.addr.eq(chunk),
             x_wr.data.eq(self.act.payload),
         ]
 
         with m.FSM():
             with m.State("IDLE"):
-                m.d.comb += self.cmd.ready.eq(1)
+                m.d.comb += self.cmd.ready.eq(~wr_v & ~self.wr.valid)
                 # a command with no rows or no columns is consumed and produces no result
-                with m.If(self.cmd.valid & (self.cmd.payload.rows != 0) & (self.cmd.payload.chunks != 0)):
+                with m.If(self.cmd.valid & self.cmd.ready & (self.cmd.payload.rows != 0) & (self.cmd.payload.chunks != 0)):
                     chunks = self.cmd.payload.chunks
                     m.d.sync += [waddr.eq(self.cmd.payload.base),
                                  rows_left.eq(self.cmd.payload.rows), last_chunk.eq(chunks - 1), chunk.eq(0),

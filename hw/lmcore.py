@@ -267,6 +267,8 @@ class LMCore(wiring.Component):
                     m.d.comb += tile_vals[k].eq(values[g * lanes_v + k])
         emb_i = Signal(range(1 << len(n)))     # the next element to read
         emb_pend = Signal()            # a read was issued last cycle: its byte is on the port
+        emb_dv = Signal()              # `emb_d` holds a byte read (and `emb_s` its row's scale)
+        emb_d, emb_s = Signal(signed(8)), Signal(signed(16))
         emb_full = Signal()            # `emb_val` holds the next value for `ext`
         emb_val = Signal(signed(24))
         # `ext` is fed from a register (ext_r), loaded from either source: the tile multiplexer's
@@ -290,22 +292,28 @@ class LMCore(wiring.Component):
                 with m.If(tile_left <= lanes_v):
                     m.d.comb += self.res.ready.eq(1)
                     m.d.sync += tile_g.eq(0)
-        # the embedding reader: read, then the product into a register, then `ext` (one value a
-        # cycle while `ext` takes them; a byte waits on the read port while the register is full)
-        emb_capture, emb_issue = Signal(), Signal()
+        # the embedding reader: read; the byte (and its row's scale) into a register; their
+        # product into a register; then `ext` (one value a cycle while `ext` takes them; a
+        # stage holds its value while the one after it is full)
+        emb_move, emb_capture, emb_issue = Signal(), Signal(), Signal()
         emb_n, emb_base = Signal.like(n), Signal.like(row_base)      # the running embed's, from ISSUE
         with m.If(ext_from_embed):
-            m.d.comb += [emb_capture.eq(emb_pend & (~emb_full | src_ready)),
-                         emb_issue.eq(~(emb_pend & ~emb_capture) & (emb_i < emb_n)),
+            m.d.comb += [emb_capture.eq(emb_dv & (~emb_full | src_ready)),
+                         emb_move.eq(emb_pend & (~emb_dv | emb_capture)),
+                         emb_issue.eq(~(emb_pend & ~emb_move) & (emb_i < emb_n)),
                          emb_rd.addr.eq(emb_base + emb_i), emb_rd.en.eq(emb_issue),
                          src_valid.eq(emb_full), src_pay.values[0].eq(emb_val), src_pay.count.eq(1)]
             with m.If(emb_capture):
-                m.d.sync += [emb_val.eq(emb_rd.data * scl_rd.data), emb_full.eq(1)]
+                m.d.sync += [emb_val.eq(emb_d * emb_s), emb_full.eq(1)]
             with m.Elif(emb_full & src_ready):
                 m.d.sync += emb_full.eq(0)
+            with m.If(emb_move):
+                m.d.sync += [emb_d.eq(emb_rd.data), emb_s.eq(scl_rd.data), emb_dv.eq(1)]
+            with m.Elif(emb_capture):
+                m.d.sync += emb_dv.eq(0)
             with m.If(emb_issue):
                 m.d.sync += [emb_i.eq(emb_i + 1), emb_pend.eq(1)]
-            with m.Elif(emb_capture):
+            with m.Elif(emb_move):
                 m.d.sync += emb_pend.eq(0)
         m.d.comb += scl_rd.addr.eq(token)
 
@@ -333,7 +341,7 @@ class LMCore(wiring.Component):
             with m.Elif(is_q):
                 m.next = "ENGINE"
             with m.Else():
-                m.d.sync += [emb_i.eq(0), emb_pend.eq(0), emb_full.eq(0), pending_q.eq(0)]
+                m.d.sync += [emb_i.eq(0), emb_pend.eq(0), emb_dv.eq(0), emb_full.eq(0), pending_q.eq(0)]
                 m.next = "ISSUE"
 
         # while an instruction runs (EXEC), the next is fetched, decoded and its slot looked up

@@ -518,7 +518,11 @@ class VectorUnit(wiring.Component):
         ph4 = [Signal(signed(32), name=f"ph4_{k}") for k in range(L)]     # high x high
         p4 = [Signal(signed(66), name=f"p4_{k}") for k in range(L)]
         p5 = [Signal(signed(66), name=f"p5_{k}") for k in range(L)]       # the product
-        amount5, pos5, mask5 = Signal(7), Signal(), Signal(65)           # its rounding (_round)
+        # its rounding (_round), decoded once, registered per lane as that lane's element moves
+        # on (a copy each: one register drove every lane's funnel shifter, a net across the unit)
+        amount5 = [Signal(7, name=f"amount5_{k}") for k in range(L)]
+        pos5 = [Signal(name=f"pos5_{k}") for k in range(L)]
+        mask5 = [Signal(65, name=f"mask5_{k}") for k in range(L)]
         r6 = [Signal(signed(32), name=f"r6_{k}") for k in range(L)]
         use3 = Signal()
         sh3 = Signal(signed(10))
@@ -637,14 +641,16 @@ class VectorUnit(wiring.Component):
             xl, xh = x3[k][:16], x3[k][16:].as_signed()
             yl, yh = y3[k][:16], y3[k][16:].as_signed()
             m.d.comb += p4[k].eq(pl4[k] + (pm4[k] << 16) + (ph4[k] << 32))
-            rounded.append(_round(m, p5[k], amount5, pos5, mask5, f"round_{k}"))
+            rounded.append(_round(m, p5[k], amount5[k], pos5[k], mask5[k], f"round_{k}"))
             m.d.sync += [x3[k].eq(x[k]), y3[k].eq(y[k]), add[0][k].eq(addend[k]), direct3[k].eq(direct[k]),
                          pl4[k].eq(Mux(use3, direct3[k], xl * yl)), pm4[k].eq(Mux(use3, 0, xl * yh + xh * yl)),
                          ph4[k].eq(Mux(use3, 0, xh * yh)), add[1][k].eq(add[0][k]),
                          p5[k].eq(p4[k]), add[2][k].eq(add[1][k]),
                          r6[k].eq(rounded[k]), add[3][k].eq(add[2][k])]
-            if k == 0:
-                m.d.sync += [amount5.eq(amount4), pos5.eq(pos4), mask5.eq(_round_mask(m, amount4, 65))]
+        mask4 = _round_mask(m, amount4, 65)
+        for k in range(L):      # (a lane that carries no element keeps its copy: its value is unused)
+            with m.If(v[3][k]):     # (amount4 and p4 belong to the element of v[3])
+                m.d.sync += [amount5[k].eq(amount4), pos5[k].eq(pos4), mask5[k].eq(mask4)]
         # S6: add, saturate, write (or offer the activation); hand the values to the reductions
         result = [_sat32(m, r6[k] + add[3][k], f"result_{k}") for k in range(L)]
         # quant's activations go into a FIFO (XQ_DEPTH transfers) that `xq` drains: the pipeline
@@ -684,16 +690,29 @@ class VectorUnit(wiring.Component):
         # reductions, pipelined: each lane's |value| and square (after the shift), registered; the
         # lanes' largest |value| and the sum of their squares by a tree, registered; then into M
         # and SS (a lane that carries no element adds 0)
+        # The square takes three registered steps so that no DSP output meets a fabric adder in
+        # its cycle: |value >> SUMSQ_SHIFT| (27 bits) registered; its halves' three products
+        # (17 x 17, 10 x 17, 10 x 10 bits: one 18 x 18 multiplier each) registered; their sum.
         absr = [Signal(33, name=f"absr_{k}") for k in range(L)]
         abs_p = [Signal(33, name=f"abs_p_{k}") for k in range(L)]
         sq_in = [Signal(signed(27), name=f"sq_in_{k}") for k in range(L)]
+        sq_a = [Signal(27, name=f"sq_a_{k}") for k in range(L)]
+        sq_ll = [Signal(34, name=f"sq_ll_{k}") for k in range(L)]
+        sq_lh = [Signal(27, name=f"sq_lh_{k}") for k in range(L)]
+        sq_hh = [Signal(20, name=f"sq_hh_{k}") for k in range(L)]
+        sq_v1, sq_v2 = Signal(L), Signal(L)
         is_max, is_ss = red_kind == lmstep.RED_MAX, red_kind == lmstep.RED_SUMSQ
         mx_v = Signal()
         for k in range(L):
             m.d.comb += [absr[k].eq(Mux(red_val[k] < 0, -red_val[k], red_val[k])),
                          sq_in[k].eq(red_val[k] >> golden.SUMSQ_SHIFT)]
-            m.d.sync += [sq_p[k].eq(sq_in[k] * sq_in[k]), abs_p[k].eq(Mux(red_v[k], absr[k], 0))]
-        m.d.sync += [sq_v.eq(Mux(is_ss, red_v, 0)), mx_v.eq(is_max & red_v.any())]
+            lo, hi = sq_a[k][:17], sq_a[k][17:]
+            m.d.sync += [sq_a[k].eq(Mux(sq_in[k] < 0, -sq_in[k], sq_in[k])),
+                         sq_ll[k].eq(lo * lo), sq_lh[k].eq(lo * hi), sq_hh[k].eq(hi * hi),
+                         sq_p[k].eq(sq_ll[k] + (sq_lh[k] << 18) + (sq_hh[k] << 34)),
+                         abs_p[k].eq(Mux(red_v[k], absr[k], 0))]
+        m.d.sync += [sq_v1.eq(Mux(is_ss, red_v, 0)), sq_v2.eq(sq_v1), sq_v.eq(sq_v2),
+                     mx_v.eq(is_max & red_v.any())]
 
         def tree(values, combine):
             while len(values) > 1:
@@ -710,11 +729,11 @@ class VectorUnit(wiring.Component):
             m.d.sync += reg_m.eq(part_m)
         with m.If(part_sv):
             m.d.sync += reg_ss.eq(reg_ss + part_ss)
-        red_pending = red_v.any() | sq_v.any() | mx_v | part_mv | part_sv
+        red_pending = red_v.any() | sq_v1.any() | sq_v2.any() | sq_v.any() | mx_v | part_mv | part_sv
 
         def reducing(kind):             # a term of a reduction into M (RED_MAX) or SS is in flight
             staged = [(c.red == kind) & vv.any() for c, vv in zip(ctl + [ctl0r], v + [v0r])]
-            after = [mx_v, part_mv] if kind == lmstep.RED_MAX else [sq_v.any(), part_sv]
+            after = [mx_v, part_mv] if kind == lmstep.RED_MAX else [sq_v1.any(), sq_v2.any(), sq_v.any(), part_sv]
             return Cat(*staged, red_v.any() & (red_kind == kind), *after).any()
 
         # issue: read the words of element `issue` of a, b and c (a wide issue: L elements from

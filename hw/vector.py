@@ -648,8 +648,9 @@ class VectorUnit(wiring.Component):
                          p5[k].eq(p4[k]), add[2][k].eq(add[1][k]),
                          r6[k].eq(rounded[k]), add[3][k].eq(add[2][k])]
         mask4 = _round_mask(m, amount4, 65)
-        for k in range(L):      # (a lane that carries no element keeps its copy: its value is unused)
-            with m.If(v[3][k]):     # (amount4 and p4 belong to the element of v[3])
+        # amount4 and p4 belong to the element of v[3]; a lane that carries none keeps its copy
+        for k in range(L):
+            with m.If(v[3][k]):
                 m.d.sync += [amount5[k].eq(amount4), pos5[k].eq(pos4), mask5[k].eq(mask4)]
         # S6: add, saturate, write (or offer the activation); hand the values to the reductions
         result = [_sat32(m, r6[k] + add[3][k], f"result_{k}") for k in range(L)]
@@ -729,11 +730,12 @@ class VectorUnit(wiring.Component):
             m.d.sync += reg_m.eq(part_m)
         with m.If(part_sv):
             m.d.sync += reg_ss.eq(reg_ss + part_ss)
-        red_pending = red_v.any() | sq_v1.any() | sq_v2.any() | sq_v.any() | mx_v | part_mv | part_sv
+        squaring = (sq_v1 | sq_v2 | sq_v).any()      # a square on its way to part_ss
+        red_pending = red_v.any() | squaring | mx_v | part_mv | part_sv
 
         def reducing(kind):             # a term of a reduction into M (RED_MAX) or SS is in flight
             staged = [(c.red == kind) & vv.any() for c, vv in zip(ctl + [ctl0r], v + [v0r])]
-            after = [mx_v, part_mv] if kind == lmstep.RED_MAX else [sq_v1.any(), sq_v2.any(), sq_v.any(), part_sv]
+            after = [mx_v, part_mv] if kind == lmstep.RED_MAX else [squaring, part_sv]
             return Cat(*staged, red_v.any() & (red_kind == kind), *after).any()
 
         # issue: read the words of element `issue` of a, b and c (a wide issue: L elements from

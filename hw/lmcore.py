@@ -130,7 +130,7 @@ class LMCore(wiring.Component):
                     f"({getattr(params, name)}) are a multiple of {lm.vector_lanes}"))
         self._params, self._lm = params, lm
         self.vector = VectorUnit(vmem_depth=lm.vmem_depth, cmem_depth=lm.cmem_depth, lanes=lm.vector_lanes)
-        self.sampler = TokenSampler(max_vocab=lm.max_vocab, addr_bits=lm.addr_bits)
+        self.sampler = TokenSampler(max_vocab=lm.max_vocab, addr_bits=lm.addr_bits, lanes=lm.vector_lanes)
         lay = EngineLayouts(params)
         ebits = max(1, (lm.embed_depth - 1).bit_length())
         super().__init__({

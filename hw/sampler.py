@@ -3,8 +3,8 @@
 :class:`TokenSampler` reads the Q16.16 logits from the vector memory (through the vector unit's
 ``peek`` / ``word`` streams), picks the next token bit for bit as ``choose_token`` does and keeps
 the xorshift32 state from one choice to the next. It is sequential and small: a few passes over
-the logits (the max and count passes request a logit every cycle; the sum and pick passes read
-one at a time), one subtractor and one comparator on the logits, a
+the logits (the max and count passes request a whole memory word of ``lanes`` logits every
+cycle; the sum and pick passes read one logit at a time), one subtractor and one comparator on the logits, a
 shift-and-add multiplier for ``(max - logit) * inv_temperature`` (:class:`ExpWeight`) and
 another for the draw's ``(state * sum) >> 32``, the 256-entry exp2 table in a ROM.
 :func:`choice_model` is the same algorithm in plain Python with its exact cycle count (the tests
@@ -48,6 +48,7 @@ from amaranth.lib.wiring import In, Out
 from ..sim import golden, lmstep
 from ..sim.golden import TritiumValueError
 from .params import rejected
+from .vector import word_layout
 
 __all__ = ["SerialMultiplier", "ExpWeight", "TokenSampler", "PRODUCT_CLAMP", "WEIGHT_BITS", "exp_weight",
            "choice_model", "exp_weight_cycles"]
@@ -270,6 +271,9 @@ class TokenSampler(wiring.Component):
         The most logits one choice reads (2..256).
     addr_bits : int
         Width of a vector-memory address (1..16).
+    lanes : int
+        1, 2, 4 or 8 (at most ``2**addr_bits``): the elements of a vector-memory word (the
+        vector unit's lanes). The max and count passes read whole words.
 
     Members
     -------
@@ -285,12 +289,13 @@ class TokenSampler(wiring.Component):
         (addresses wrap at ``2**addr_bits``). Taken when not busy. ``vocab = 0`` is answered with
         token 0 at once, nothing read and the state unchanged.
     peek : Out(stream of an address)
-        Read requests, one address per transfer: in the max and count passes one every cycle the
-        port takes it, with any number in flight; in the sum and pick passes the next only after
-        the word of the last one has been taken.
-    word : In(stream of signed(32))
-        The word at each requested address, in request order, any number (>= 1) of cycles after
-        its request.
+        Read requests, one address per transfer: in the max and count passes the words that hold
+        the logits (addresses multiples of ``lanes``), one every cycle the port takes it, with any
+        number in flight; in the sum and pick passes each logit's address, the next only after
+        the answer to the last one has been taken.
+    word : In(stream of :func:`tritium.hw.vector.word_layout`)
+        The answer to each request, in request order, any number (>= 1) of cycles after it:
+        ``value`` (the sum and pick passes read it) and ``line`` (the max and count passes).
     token : Out(stream of ``range(max_vocab)``)
         The chosen id, relative to ``base``, one per start; held until taken.
     busy : Out(1)
@@ -299,11 +304,13 @@ class TokenSampler(wiring.Component):
     Timing. With each word taken ``L`` cycles after its request (``L = 2`` from
     :class:`~tritium.hw.vector.VectorUnit`, whose word leaves a register) and the token taken at once, a choice takes, from
     the start's transfer to the token's (``V = vocab``, ``W = bit_length(inv_temperature) + 4``
-    the cycles of one weight; :func:`choice_model` gives it exactly)::
+    the cycles of one weight, ``R = ceil((base % lanes + V) / lanes)`` the words that hold the
+    logits; :func:`choice_model` gives it exactly)::
 
-        greedy:    V + L + 2
-        sampling:  V + L + 2                     max pass, then the search's end
-                 + P (V + L + 2)                 P count passes (top-k only)
+        greedy:    R + L + 4
+        sampling:  R + L + 4                     max pass (a word's lanes registered, its best
+                                                 and the probes' hits registered), the search's end
+                 + P (R + L + 4)                 P count passes (top-k only)
                  + V (L + 1) + W C               sum pass: C candidates
                  + 34                            the draw: a xorshift32 step, a 32-cycle product
                  + I (L + 1) + W C_I + 1         pick pass over the first I logits (the pick the
@@ -314,14 +321,22 @@ class TokenSampler(wiring.Component):
     ``inv_temperature = 256``: one per two bits of the zero-weight bound ``Z``, see the module's
     docstring), fewer when a count equals ``top_k`` (on distinct logits the search typically stops
     once a probe falls in the gap between the k-th and the next logit).
-    E.g. ``V = 256``, ``L = 2``, ``inv_temperature = 256`` (``W = 13``): greedy 260 cycles; no
-    top-k at most 8,487; top-k 40 at most 5,731 (11 count passes, reached only when more than
-    ``top_k`` logits tie at the max). ``vocab = 0``: 1 cycle.
+    E.g. ``V = 256``, ``L = 2``, ``inv_temperature = 256`` (``W = 13``), four lanes from an
+    aligned base (``R = 64``): greedy 70 cycles; no top-k at most 8,299; top-k 40 at most 3,451
+    (11 count passes, reached only when more than ``top_k`` logits tie at the max).
+    ``vocab = 0``: 1 cycle.
     """
 
-    def __init__(self, *, max_vocab, addr_bits):
+    def __init__(self, *, max_vocab, addr_bits, lanes=1):
         self.max_vocab = _int_in(self, "max_vocab", max_vocab, 2, 256)
         self.addr_bits = _int_in(self, "addr_bits", addr_bits, 1, 16)
+        if isinstance(lanes, bool) or lanes not in (1, 2, 4, 8) or lanes.bit_length() - 1 > addr_bits:
+            raise rejected(self, TritiumValueError(f"TokenSampler: lanes = {lanes!r} must be 1, 2, 4 or 8, "
+                                                   f"and at most 2**addr_bits"))
+        self.lanes = lanes
+        #: The ``word`` stream's payload: the requested element and the whole memory word (the
+        #: ``lanes`` elements at ``addr - addr % lanes`` ...) that holds it.
+        self.word_layout = word_layout(lanes)
         #: Width of the sum of the weights (at most ``max_vocab * 2**16``).
         self.sum_bits = (max_vocab << golden.FIX_FRAC).bit_length()
         self.start_layout = data.StructLayout({
@@ -331,7 +346,7 @@ class TokenSampler(wiring.Component):
             "seed": In(stream.Signature(32)),
             "start": In(stream.Signature(self.start_layout)),
             "peek": Out(stream.Signature(addr_bits)),
-            "word": In(stream.Signature(signed(32))),
+            "word": In(stream.Signature(self.word_layout)),
             "token": Out(stream.Signature(range(max_vocab))),
             "busy": Out(1),
         })
@@ -346,8 +361,14 @@ class TokenSampler(wiring.Component):
         rng = self.rng
         cmd = Signal(self.start_layout)
         kind = Signal(_Pass)
-        idx = Signal(range(V + 1))                 # the logit being read, in this pass
-        req = Signal(range(V + 1))                 # the next logit to request (max and count passes)
+        L = self.lanes
+        lb = L.bit_length() - 1
+        idx = Signal(range(V + L + 1))             # the logit being read (sum, pick) or the word (max, count)
+        req = Signal(range(V + L + 1))             # the next word to request (max and count passes)
+        # the max and count passes read whole words: the first holds the logit at `base` in lane
+        # `first` (the lanes before it and past the last logit are masked)
+        first = Signal(max(1, lb))
+        words, end = Signal(range(V + L + 1)), Signal(range(V + L + 1))
         zmax = Signal(signed(32))
         arg, tok = Signal(range(V)), Signal(range(V))
         # Every test is on d = max - z, through one subtractor and one comparison with `ref`.
@@ -363,7 +384,7 @@ class TokenSampler(wiring.Component):
         # the sum of the weights, then (after the draw) the running sum up to the pick
         acc, target = Signal(self.sum_bits), Signal(self.sum_bits)
 
-        z = self.word.payload
+        z = self.word.payload.value
         k = cmd.top_k
         d = Signal(signed(33))
         diff = Signal(signed(34))
@@ -391,8 +412,36 @@ class TokenSampler(wiring.Component):
         zero_from = Signal(range(PRODUCT_CLAMP + 1))
         m.d.comb += zero_from.eq(Const(PRODUCT_CLAMP, _D_BITS) >> top)
 
+        # the max and count passes' pipeline (see STREAM): w_* a word's lanes, b_* its best logit
+        # (the lowest lane of the largest) and each probe's hits
+        wbase = Cat(Const(0, lb), cmd.base[lb:]) if lb else cmd.base
+        w_v, w_last, b_v, b_last, seen = Signal(), Signal(), Signal(), Signal(), Signal()
+        w_line = [Signal(signed(32), name=f"w_line{k}") for k in range(L)]
+        w_ok = Signal(L)
+        w_pos = Signal(range(V + 2 * L))
+        b_ok, b_z, b_id = Signal(), Signal(signed(32)), Signal(range(V))
+        b_hits = [Signal(L, name=f"b_hits{j}") for j in range(3)]
+        m.d.sync += [w_v.eq(0), b_v.eq(0)]
+        with m.If(w_v):
+            best = [(w_ok[k], w_line[k], (w_pos + k - first)[:len(b_id)]) for k in range(L)]
+            while len(best) > 1:       # pairs in id order: the later wins only when strictly greater
+                nxt = []
+                for x, y in zip(best[0::2], best[1::2]):
+                    take_y = y[0] & (~x[0] | (y[1] > x[1]))
+                    nxt.append((x[0] | y[0], Mux(take_y, y[1], x[1]), Mux(take_y, y[2], x[2])))
+                best = nxt
+            m.d.sync += [b_v.eq(1), b_last.eq(w_last), b_ok.eq(best[0][0]), b_z.eq(best[0][1]),
+                         b_id.eq(best[0][2])]
+            m.d.sync += [h.eq(Cat(*[w_ok[k] & (w_line[k] >= t) for k in range(L)])) for h, t in zip(b_hits, t_probe)]
+        with m.If(b_v):
+            with m.If(kind == _Pass.MAX):
+                with m.If(b_ok & (~seen | (b_z > zmax))):
+                    m.d.sync += [zmax.eq(b_z), arg.eq(b_id), seen.eq(1)]
+            with m.Else():
+                m.d.sync += [c.eq(c + sum(h[k] for k in range(L))) for c, h in zip(counts, b_hits)]
+
         def begin(pass_kind):
-            m.d.sync += [kind.eq(pass_kind), idx.eq(0), req.eq(0), ties_seen.eq(0)]
+            m.d.sync += [kind.eq(pass_kind), idx.eq(0), req.eq(0), ties_seen.eq(0), seen.eq(0)]
             m.next = "STREAM" if pass_kind in (_Pass.MAX, _Pass.COUNT) else "READ"
 
         def advance():      # the sum and pick passes' next logit
@@ -411,32 +460,33 @@ class TokenSampler(wiring.Component):
                 with m.If(self.seed.valid):
                     m.d.sync += rng.eq(self.seed.payload)
                 with m.If(self.start.valid):
-                    m.d.sync += cmd.eq(self.start.payload)
+                    sp = self.start.payload
+                    f0 = sp.base[:lb] if lb else Const(0, 1)
+                    m.d.sync += [cmd.eq(sp), first.eq(f0), end.eq(f0 + sp.vocab),
+                                 words.eq((f0 + sp.vocab + (L - 1)) >> lb)]
                     with m.If(self.start.payload.vocab == 0):
                         m.d.sync += tok.eq(0)
                         m.next = "OFFER"
                     with m.Else():
                         begin(_Pass.MAX)
 
-            # -- max and count passes: a request every cycle, each word taken as it comes -------
+            # -- max and count passes: a word requested every cycle, each taken as it comes; its
+            # lanes registered (w_*), then the word's best logit and the probes' hits (b_*), then
+            # the running max and the counts
             with m.State("STREAM"):
-                m.d.comb += [self.peek.valid.eq(req != cmd.vocab), self.peek.payload.eq(cmd.base + req),
+                m.d.comb += [self.peek.valid.eq(req != words), self.peek.payload.eq(wbase + (req << lb)),
                              self.word.ready.eq(1)]
                 with m.If(self.peek.valid & self.peek.ready):
                     m.d.sync += req.eq(req + 1)
                 with m.If(self.word.valid):
-                    with m.If(kind == _Pass.MAX):
-                        # strictly greater (d < 0): the lowest id wins a tie
-                        with m.If((idx == 0) | (d < 0)):
-                            m.d.sync += [zmax.eq(z), arg.eq(idx)]
-                    with m.Else():
-                        m.d.sync += [c.eq(c + (z >= t)) for c, t in zip(counts, t_probe)]
-                    with m.If((idx + 1 == cmd.vocab) & (kind == _Pass.MAX)):
-                        m.next = "MAX_END"
-                    with m.Elif(idx + 1 == cmd.vocab):
+                    pos = idx << lb
+                    m.d.sync += [idx.eq(idx + 1), w_v.eq(1), w_last.eq(idx + 1 == words), w_pos.eq(pos),
+                                 w_ok.eq(Cat(*[(pos + k >= first) & (pos + k < end) for k in range(L)]))]
+                    m.d.sync += [w.eq(self.word.payload.line[k]) for k, w in enumerate(w_line)]
+                with m.If(b_v & b_last):
+                    m.next = "MAX_END"
+                    with m.If(kind == _Pass.COUNT):
                         m.next = "COUNT_END"
-                    with m.Else():
-                        m.d.sync += idx.eq(idx + 1)
 
             # -- sum and pick passes: one logit at a time (a candidate's weight takes cycles) ---
             with m.State("READ"):
@@ -526,18 +576,19 @@ class TokenSampler(wiring.Component):
         return m
 
 
-def choice_model(logits, params, rng_state, *, latency=1):
+def choice_model(logits, params, rng_state, *, latency=1, lanes=1, base=0):
     """:class:`TokenSampler`'s algorithm in plain Python: ``(token, new rng state, cycles,
-    passes)`` for one choice over ``logits`` with :class:`tritium.sim.lmstep.SamplingParams`
-    ``params``. ``cycles`` runs from the start's transfer to the token's with every word arriving
-    ``latency`` cycles after its request and the token taken at once (the docstring's formula,
-    exactly); ``passes`` counts the top-k search's passes."""
+    passes)`` for one choice over ``logits`` at ``base`` with :class:`tritium.sim.lmstep.SamplingParams`
+    ``params`` by a sampler of ``lanes`` lanes. ``cycles`` runs from the start's transfer to the
+    token's with every word arriving ``latency`` cycles after its request and the token taken at
+    once (the docstring's formula, exactly); ``passes`` counts the top-k search's passes."""
     z = [int(v) for v in np.asarray(logits, np.int64).ravel()]
     V = len(z)
     if V == 0:
         return 0, rng_state, 1, 0
+    words = -(-(base % lanes + V) // lanes)                        # a max or count pass's reads
     element = latency + 1                                          # a read in the sum and pick passes
-    cycles = V + latency + 1                                       # max pass (pipelined reads), MAX_END
+    cycles = words + latency + 3                                   # max pass (pipelined reads), MAX_END
     zmax = max(z)
     if params.inv_temperature == 0:
         return z.index(zmax), rng_state, cycles + 1, 0             # OFFER
@@ -548,7 +599,7 @@ def choice_model(logits, params, rng_state, *, latency=1):
     while lo != hi:                                                # SEARCH, a count pass, COUNT_END
         span = hi - lo
         probes = (lo + (span >> 2), lo + (span >> 1), lo + (span >> 1) + (span >> 2))
-        cycles += V + latency + 2
+        cycles += words + latency + 4
         passes += 1
         for probe in probes:                                       # three probes a pass
             count = sum(v <= probe for v in d)

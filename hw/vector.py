@@ -18,7 +18,7 @@ from ..sim import golden, lmstep
 from ..sim.golden import TritiumValueError
 from .params import rejected
 
-__all__ = ["VOp", "xq_layout", "ext_layout", "instruction_layout", "encode", "decode", "SerialDivider", "SerialSqrt", "VectorUnit"]
+__all__ = ["VOp", "xq_layout", "ext_layout", "word_layout", "instruction_layout", "encode", "decode", "SerialDivider", "SerialSqrt", "VectorUnit"]
 
 class VOp(enum.Enum, shape=4):
     """The vector unit's operations (:data:`tritium.sim.lmstep.OPCODES` gives their arithmetic)."""
@@ -41,7 +41,7 @@ class VOp(enum.Enum, shape=4):
 #: The vector unit's widths: elements per cycle of an aligned elementwise instruction.
 LANES = (1, 2, 4, 8)
 #: Quotient bits per cycle of the scalar divider (``quant``'s reciprocal, ``gain``'s quotient).
-DIVIDER_BITS = 2
+DIVIDER_BITS = 3
 #: Root bits per cycle of the scalar square root (``gain``).
 ROOT_BITS = 2
 #: Width of an instruction's element count (up to :data:`golden.MAX_VECTOR`).
@@ -67,6 +67,13 @@ def _one_of(value, ops):
 def xq_layout(lanes):
     """A transfer of ``quant`` activations: ``values`` (``lanes`` int8), the first ``count`` valid."""
     return data.StructLayout({"values": data.ArrayLayout(signed(8), lanes), "count": range(lanes + 1)})
+
+
+def word_layout(lanes):
+    """A ``peek``'s answer: ``value``, the element at the requested address, and ``line``, the
+    ``lanes`` elements of the memory word that holds it (element ``addr - addr % lanes + k`` in
+    ``line[k]``)."""
+    return data.StructLayout({"value": signed(32), "line": data.ArrayLayout(signed(32), lanes)})
 
 
 def ext_layout(lanes):
@@ -401,7 +408,8 @@ class VectorUnit(wiring.Component):
         taken (two in flight at most); each word is offered on ``word`` two cycles after its
         request, from a register, in request order. An instruction waiting stops new requests
         and is taken once the words in flight have been.
-    word : Out(stream of signed(32))
+    word : Out(stream of :func:`word_layout`)
+        Each peek's element (``value``) and the whole memory word holding it (``line``).
     busy : Out(1)
         High from an instruction's acceptance until it has finished.
     """
@@ -422,7 +430,7 @@ class VectorUnit(wiring.Component):
             "xq": Out(stream.Signature(xq_layout(lanes))),
             "cload": In(stream.Signature(data.StructLayout({"addr": self.caddr_bits, "data": signed(8)}))),
             "peek": In(stream.Signature(self.addr_bits)),
-            "word": Out(stream.Signature(signed(32))),
+            "word": Out(stream.Signature(word_layout(lanes))),
             "busy": Out(1),
         })
         # L elements a word (element e: word e // L, lane e % L)
@@ -475,6 +483,7 @@ class VectorUnit(wiring.Component):
         gnum, gimm, gbit, gmul = Signal(31), Signal(16), Signal(4), Signal()
         gshift = Signal(signed(8))          # the gain's instruction's shift (a matvec may follow it meanwhile)
         issue = Signal(COUNT_BITS + 1)
+        more = Signal(L, name="more")       # lane k of the next issue is in range: issue + k < n, kept one issue ahead
         wcount = Signal(COUNT_BITS + 1)
         gain_go, gain_busy = Signal(), Signal()
         wide = Signal()                     # this instruction streams L elements per issue
@@ -540,9 +549,11 @@ class VectorUnit(wiring.Component):
         # a register (p2: offered on `word`); a read every cycle while the words are taken
         p1, p2 = Signal(), Signal()
         move = Signal()
-        m.d.comb += [move.eq(p1 & (~p2 | self.word.ready)), self.word.valid.eq(p2), self.word.payload.eq(peek_word)]
+        peek_line = Signal(self.word.payload.line.shape())
+        m.d.comb += [move.eq(p1 & (~p2 | self.word.ready)), self.word.valid.eq(p2),
+                     self.word.payload.value.eq(peek_word), self.word.payload.line.eq(peek_line)]
         with m.If(move):
-            m.d.sync += [peek_word.eq(lane_value(ra.data, peek_lane, 32)), p2.eq(1)]
+            m.d.sync += [peek_word.eq(lane_value(ra.data, peek_lane, 32)), peek_line.eq(ra.data), p2.eq(1)]
         with m.Elif(self.word.ready):
             m.d.sync += p2.eq(0)
         m.d.sync += p1.eq(self.peek.valid & self.peek.ready | (p1 & ~move))
@@ -745,8 +756,9 @@ class VectorUnit(wiring.Component):
                      ra.addr.eq(word_of(ea)), rb.addr.eq(word_of(eb)), rc.addr.eq(word_of(ec)),
                      from_ext.eq(op == VOp.MATVEC)]
         m.d.sync += v[0].eq(0)
-        # a rescale waits for its gain; a quant for room in the activation FIFO
-        can_issue = running & (issue < cur.n) & ~gain_busy & ((op != VOp.QUANT) | xq_room)
+        # a rescale waits for its gain (a quant streams while its own gain is taken); a quant
+        # waits for room in the activation FIFO
+        can_issue = running & more[0] & ~(gain_busy & from_ext) & ((op != VOp.QUANT) | xq_room)
         m.d.comb += xq_issue.eq(can_issue & (op == VOp.QUANT))
         # a wide matvec takes a whole transfer an issue; otherwise one value of it an issue
         with m.If(from_ext & wide):
@@ -755,7 +767,8 @@ class VectorUnit(wiring.Component):
             m.d.comb += self.ext.ready.eq(can_issue & ext_end)
             with m.If(can_issue & self.ext.valid):
                 m.d.sync += ext_k.eq(Mux(ext_end, 0, ext_k + 1))
-        lanes_in = Cat(*[(issue + k < cur.n) for k in range(L)])
+        step = Mux(wide, L, 1)
+        more_next = Cat(*[(issue + step + k < cur.n) for k in range(L)])
         with m.If(can_issue & (~from_ext | self.ext.valid)):
             m.d.sync += [idx[0].eq(issue), ext_q[0].eq(Mux(wide, self.ext.payload.values[0], ext_one))] + \
                 [ext_q[k].eq(self.ext.payload.values[k]) for k in range(1, L)]
@@ -764,9 +777,10 @@ class VectorUnit(wiring.Component):
                          issues.eq(Mux(issues == OVERLAP_ISSUES, issues, issues + 1))]
             m.d.sync += [sel_a.eq(lane_of(ea)), sel_b.eq(lane_of(eb)), sel_c.eq(lane_of(ec))]
             with m.If(wide):
-                m.d.sync += [v[0].eq(lanes_in), issue.eq(issue + L)]
+                m.d.sync += [v[0].eq(more), issue.eq(issue + L)]
             with m.Else():
                 m.d.sync += [v[0].eq(1), issue.eq(issue + 1)]
+            m.d.sync += more.eq(more_next)
 
         # constant loads (idle only) share the constant memory's write port
         caddr = self.cload.payload.addr
@@ -785,7 +799,7 @@ class VectorUnit(wiring.Component):
         p_wide = Cat(*(lane_of(f) == 0 for f in (p.dst, p.a, p.b, p.c))).all() if L > 1 else Const(0, 1)
 
         def take(p):
-            m.d.sync += [cur.eq(p), issue.eq(0), wcount.eq(0), wide.eq(0), ext_k.eq(0), issues.eq(0),
+            m.d.sync += [cur.eq(p), issue.eq(0), more.eq(Cat(*[p.n > k for k in range(L)])), wcount.eq(0), wide.eq(0), ext_k.eq(0), issues.eq(0),
                          overlappable.eq(0)]
             with m.If(p.red == lmstep.RED_MAX):
                 m.d.sync += reg_m.eq(0)
@@ -798,7 +812,7 @@ class VectorUnit(wiring.Component):
 
         red_free = ~(((p.red == lmstep.RED_MAX) & reducing(lmstep.RED_MAX)) |
                      ((p.red == lmstep.RED_SUMSQ) & reducing(lmstep.RED_SUMSQ)))
-        m.d.comb += overlap.eq(running & overlappable & (issue >= cur.n) & (issues == OVERLAP_ISSUES) & p_elem &
+        m.d.comb += overlap.eq(running & overlappable & ~more[0] & (issues == OVERLAP_ISSUES) & p_elem &
                                ~gain_busy & red_free & clear(p.a, _one_of(p.op, _READS_A)) &
                                clear(p.b, _one_of(p.op, _READS_B)))
 
@@ -847,7 +861,7 @@ class VectorUnit(wiring.Component):
                 with m.If(self.instr.valid & overlap):      # the next elementwise one, while this drains
                     take(p)
                     m.d.sync += [wide.eq(p_wide), overlappable.eq(1)]
-                with m.Elif((issue >= cur.n) & ~Cat(*v, v0r).any()):
+                with m.Elif(~more[0] & ~Cat(*v, v0r).any()):
                     m.d.sync += running.eq(0)
                     m.next = "DRAIN"
             with m.State("DRAIN"):     # the last reduction terms land (a quant's gain goes on alone)

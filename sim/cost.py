@@ -44,7 +44,7 @@ class BoardLink:
 #: bauds; ``tests/test_cost.py`` checks both against the gateware side.
 BOARD_LINKS = {
     "icebreaker": BoardLink("iCEBreaker", clock_hz=30_000_000, baud=1_000_000),
-    "ulx3s-85f": BoardLink("ULX3S 85F", clock_hz=45_000_000, baud=1_000_000),
+    "ulx3s-85f": BoardLink("ULX3S 85F", clock_hz=50_000_000, baud=1_000_000),
 }
 
 

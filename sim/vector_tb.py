@@ -69,7 +69,7 @@ def run_vector_program(dut, cmem, steps, *, seed=0, stall_prob=0.3, read=(), max
                 raw = []
                 for i in range(n):
                     await stream_put(ctx, dut.peek, addr + i)
-                    word = await stream_get(ctx, dut.word)
+                    word = await stream_get(ctx, dut.word) & 0xFFFFFFFF     # the payload's `value`
                     raw.append(word - (1 << 32) if word >= 1 << 31 else word)
                 snap[name] = np.array(raw, np.int64)
             snapshots.append(snap)

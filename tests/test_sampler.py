@@ -7,6 +7,7 @@ import pytest
 
 from amaranth.sim import Simulator
 
+from tritium.hw.vector import word_layout
 from tritium.hw.sampler import (PRODUCT_CLAMP, ExpWeight, SerialMultiplier, TokenSampler, choice_model, exp_weight,
                                 exp_weight_cycles)
 from tritium.sim import golden as G
@@ -168,8 +169,12 @@ def _run_sampler(dut, jobs, *, seed, stall_prob=0.3, latency=(1, 4)):
     choice. The memory answers each peek after ``latency`` (a range) cycles, in order, with any
     number in flight, and refuses peeks at random; ``start`` / ``seed`` come after random gaps, ``token.ready`` stalls at random.
     Returns ``(results, problems)``: per choice ``(token, rng state after it, cycles from the
-    start's transfer to the token's)``, and every breach of the contract seen."""
+    start's transfer to the token's)``, and every breach of the contract seen. Each answer is the
+    element and the ``dut.lanes`` elements of its memory word (:func:`word_layout`); a peek must
+    touch the logits (its element, or in a word-wide pass, some lane of its word)."""
     rng = np.random.default_rng(seed)
+    lanes = dut.lanes
+    wl = word_layout(lanes)
     gaps = Stalls(rng, stall_prob)
     size = 1 << dut.addr_bits
     mem = rng.integers(G.INT32_MIN, G.INT32_MAX, size, endpoint=True)     # junk around the logits
@@ -183,7 +188,13 @@ def _run_sampler(dut, jobs, *, seed, stall_prob=0.3, latency=(1, 4)):
             offer = bool(pending) and pending[0][1] == 0
             ctx.set(dut.peek.ready, ready)
             ctx.set(dut.word.valid, offer)
-            ctx.set(dut.word.payload, int(mem[pending[0][0]]) if offer else int(rng.integers(G.INT32_MIN, G.INT32_MAX)))
+            if offer:
+                a = pending[0][0]
+                ctx.set(dut.word.payload, wl.const({"value": int(mem[a]),
+                                                    "line": [int(mem[(a & -lanes) + k]) for k in range(lanes)]}))
+            else:
+                ctx.set(dut.word.payload, wl.const({"value": int(rng.integers(G.INT32_MIN, G.INT32_MAX)),
+                                                    "line": [0] * lanes}))
             *_, peek_valid, addr, word_ready = await ctx.tick().sample(dut.peek.valid, dut.peek.payload,
                                                                        dut.word.ready)
             if offer and word_ready:
@@ -191,7 +202,8 @@ def _run_sampler(dut, jobs, *, seed, stall_prob=0.3, latency=(1, 4)):
             for entry in pending:
                 entry[1] = max(0, entry[1] - 1)
             if ready and peek_valid:
-                if (addr - window["base"]) % size >= window["n"]:
+                if all((a - window["base"]) % size >= window["n"]
+                       for a in ([addr] if addr % lanes else range(addr, addr + lanes))):
                     problems.append(f"peek of {addr} outside the logits")
                 pending.append([addr, int(rng.integers(latency[0], latency[1] + 1)) - 1])
 
@@ -290,7 +302,8 @@ def _generation(rng, vocab, bases, count):
     return jobs
 
 
-def test_sampler_matches_the_spec_vocab_7():
+@pytest.mark.parametrize("lanes", [1, 4, 8])
+def test_sampler_matches_the_spec_vocab_7(lanes):
     # A generation over 7 logits (some choices over fewer) at bases 0, 3 and 29 (wrapping in a
     # 32-word memory): every token and every generator state equal to the spec's, with random
     # memory latency, refused peeks, gaps before start and stalls on token.ready
@@ -313,7 +326,7 @@ def test_sampler_matches_the_spec_vocab_7():
     jobs += [(np.array([5, 9, 9, 1, 9, 0, 2]) * 65536, SP(0, 0), 1), (np.array([9, 9, 9, 9, 9, 9, 9]), SP(0, 3), 0),
              (np.array([3, 7, 7, 7, 2, 7, 1]), SP(256, 2), 5), ([], SP(256, 2), 4),
              (np.array([G.INT32_MIN, G.INT32_MAX, G.INT32_MAX, G.INT32_MIN, 0, G.INT32_MAX, -1]), SP(65535, 2), 30)]
-    dut = TokenSampler(max_vocab=8, addr_bits=5)
+    dut = TokenSampler(max_vocab=8, addr_bits=5, lanes=lanes)
     results, problems = _run_sampler(dut, jobs, seed=11)
     _check(jobs, results, problems)
     assert results[-5][0] == 1 and results[-4][0] == 0
@@ -332,7 +345,8 @@ def test_sampler_matches_the_spec_vocab_1_and_2():
     _check(jobs, results, problems)
 
 
-def test_sampler_matches_the_spec_vocab_256():
+@pytest.mark.parametrize("lanes", [1, 4])
+def test_sampler_matches_the_spec_vocab_256(lanes):
     # The largest vocabulary, at base 300 of a 512-word memory: greedy over ties, sampling
     # without top-k, top-k 40 over spread logits, top-k vocab - 1 over ties, top-k 5 over the
     # int32 extremes (a full 32-pass search)
@@ -342,38 +356,43 @@ def test_sampler_matches_the_spec_vocab_256():
     extreme = _logits(rng, 256, "extreme")
     jobs = [("seed", lmstep.rng_seed(2024)), (ties, SP(0, 0), 300), (spread, SP(256, 0), 300),
             (spread, SP(4096, 40), 300), (ties, SP(255, 255), 300), (extreme, SP(65535, 5), 300)]
-    dut = TokenSampler(max_vocab=256, addr_bits=9)
+    dut = TokenSampler(max_vocab=256, addr_bits=9, lanes=lanes)
     results, problems = _run_sampler(dut, jobs, seed=15, stall_prob=0.1, latency=(1, 2))
     _check(jobs, results, problems)
 
 
-def test_cycle_model_matches_simulation():
-    # With no stalls and a fixed latency, every choice takes exactly choice_model's cycles
+@pytest.mark.parametrize("lanes", [1, 4])
+def test_cycle_model_matches_simulation(lanes):
+    # With no stalls and a fixed latency, every choice takes exactly choice_model's cycles (at
+    # 4 lanes from an unaligned base too: the max and count passes read 3 words for 7 logits)
     rng = np.random.default_rng(16)
     for latency in (1, 3):
-        jobs = [("seed", 99)] + [j for j in _generation(rng, 7, [2], 25) if not isinstance(j[0], str)]
+        jobs = [("seed", 99)] + [j for j in _generation(rng, 7, [2, 4], 25) if not isinstance(j[0], str)]
         jobs += [([], SP(256, 0), 0), (np.arange(7) * 1000, SP(1, 3), 0)]
-        dut = TokenSampler(max_vocab=8, addr_bits=4)
+        dut = TokenSampler(max_vocab=8, addr_bits=4, lanes=lanes)
         results, problems = _run_sampler(dut, jobs, seed=17, stall_prob=0, latency=(latency, latency))
         _check(jobs, results, problems)
         state, expected = 99, []
-        for z, params, _ in jobs[1:]:
-            _, state, cycles, _ = choice_model(z, params, state, latency=latency)
+        for z, params, base in jobs[1:]:
+            _, state, cycles, _ = choice_model(z, params, state, latency=latency, lanes=lanes, base=base)
             expected.append(cycles)
         assert [c for _, _, c in results] == expected
-    # the docstring's formulas, by hand: greedy V + L + 2 (the max pass pipelined); sampling
-    # without top-k over all candidates (V + L) + V (L + 1) + W V + 34 + I (L + 1 + W) + 3, the
-    # pick at id I - 1, W = 13 at inv_temperature 256; with top-k, P more passes of V + L + 2
+    # the docstring's formulas, by hand: greedy R + L + 4 (the max pass pipelined over R reads:
+    # V words at one lane; ceil((base % lanes + V) / lanes) at more); sampling without top-k over
+    # all candidates (R + L + 2) + V (L + 1) + W V + 34 + I (L + 1 + W) + 3, the pick at id I - 1,
+    # W = 13 at inv_temperature 256; with top-k, P more passes of R + L + 4
     z = np.zeros(7, np.int64)
-    assert choice_model(z, SP(0, 0), 99, latency=3)[2] == 7 + 3 + 2
+    assert choice_model(z, SP(0, 0), 99, latency=3)[2] == 7 + 3 + 4
+    assert choice_model(z, SP(0, 0), 99, latency=3, lanes=4, base=2)[2] == 3 + 3 + 4
+    assert choice_model(z, SP(0, 0), 99, latency=3, lanes=4, base=1)[2] == 2 + 3 + 4
     assert exp_weight_cycles(256) == 13 and exp_weight_cycles(65535) == 20 and exp_weight_cycles(1) == 5
     token, _, cycles, _ = choice_model(z, SP(256, 0), 99, latency=1)
-    assert cycles == (7 + 1) + 7 * 2 + 13 * 7 + 34 + (token + 1) * (2 + 13) + 3
+    assert cycles == (7 + 1 + 2) + 7 * 2 + 13 * 7 + 34 + (token + 1) * (2 + 13) + 3
     z = np.arange(7) * 65536
     token, _, cycles, passes = choice_model(z, SP(256, 3), 99, latency=1)
     # (the candidates are ids 4..6: the pick at id `token` had token - 3 of them up to it)
     assert passes > 0
-    assert cycles == (7 + 1) + 7 * 2 + passes * (7 + 1 + 2) + 13 * 3 + 34 + (token + 1) * 2 + 13 * (token - 3) + 3
+    assert cycles == (7 + 1 + 2) + 7 * 2 + passes * (7 + 1 + 4) + 13 * 3 + 34 + (token + 1) * 2 + 13 * (token - 3) + 3
 
 
 @pytest.mark.parametrize("lanes", [1, 2, 4])
@@ -387,7 +406,7 @@ def test_sampler_reads_through_the_vector_unit(lanes):
 
     rng = np.random.default_rng(18)
     unit = VectorUnit(vmem_depth=64, cmem_depth=1, lanes=lanes)
-    dut = TokenSampler(max_vocab=32, addr_bits=unit.addr_bits)
+    dut = TokenSampler(max_vocab=32, addr_bits=unit.addr_bits, lanes=lanes)
     z = np.round(rng.normal(size=30) * 3 * 65536).astype(np.int64)
     elements = [0] * 20 + [int(v) & 0xFFFFFFFF for v in z] + [0] * 14     # lanes elements a word
     unit.vmem.init = [sum(e << (32 * k) for k, e in enumerate(elements[i:i + lanes])) for i in range(0, 64, lanes)]
@@ -395,7 +414,8 @@ def test_sampler_reads_through_the_vector_unit(lanes):
     top.submodules.unit, top.submodules.sampler = unit, dut
     wiring.connect(top, dut.peek, unit.peek)
     wiring.connect(top, unit.word, dut.word)
-    jobs = [("seed", 77), (z, SP(256, 0), 20), (z, SP(0, 0), 20), (z[:7], SP(4096, 3), 20), (z, SP(200, 9), 20)]
+    jobs = [("seed", 77), (z, SP(256, 0), 20), (z, SP(0, 0), 20), (z[:7], SP(4096, 3), 20), (z, SP(200, 9), 20),
+            (z[1:], SP(0, 0), 21), (z[3:20], SP(300, 5), 23)]
     cycles = []
 
     async def bench(ctx):
@@ -429,8 +449,8 @@ def test_sampler_reads_through_the_vector_unit(lanes):
     sim.run()
     _check(jobs, cycles, [])
     state, expected = 77, []
-    for logits, params, _ in jobs[1:]:
-        _, state, count, _ = choice_model(logits, params, state, latency=2)   # the unit's registered word
+    for logits, params, base in jobs[1:]:
+        _, state, count, _ = choice_model(logits, params, state, latency=2, lanes=lanes, base=base)   # registered word
         expected.append(count)
     assert [c for _, _, c in cycles] == expected
 
@@ -460,7 +480,7 @@ def test_seed_taken_with_a_start_and_never_while_busy():
                     await ctx.tick()
                     ctx.set(dut.peek.ready, 0)
                     ctx.set(dut.word.valid, 1)
-                    ctx.set(dut.word.payload, int(z[0]))
+                    ctx.set(dut.word.payload, dut.word_layout.const({"value": int(z[0]), "line": [int(z[0])]}))
                     await ctx.tick().until(dut.word.ready)
                     ctx.set(dut.word.valid, 0)
                 else:
@@ -501,6 +521,9 @@ def test_scoreboard_can_fail():
     ({"max_vocab": 8, "addr_bits": 0}, "addr_bits = 0 must be an integer in 1..16"),
     ({"max_vocab": 8, "addr_bits": 17}, "addr_bits = 17"),
     ({"max_vocab": 8, "addr_bits": "8"}, "addr_bits = '8'"),
+    ({"max_vocab": 8, "addr_bits": 8, "lanes": 3}, "lanes = 3 must be 1, 2, 4 or 8"),
+    ({"max_vocab": 8, "addr_bits": 8, "lanes": True}, "lanes = True"),
+    ({"max_vocab": 8, "addr_bits": 2, "lanes": 8}, "lanes = 8 must be .* at most 2..addr_bits"),
 ])
 def test_constructor_rejects_bad_parameters(kwargs, message):
     with pytest.raises(G.TritiumValueError, match=message):

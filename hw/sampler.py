@@ -248,6 +248,11 @@ class ExpWeight(wiring.Component):
         return m
 
 
+def _tree_levels(lanes):
+    """The registered steps from a word's lanes to its best logit (and its probes' hits)."""
+    return max(1, (lanes - 1).bit_length())
+
+
 def _xorshift32(x):
     """:func:`golden.xorshift32` on a 32-bit value (combinational)."""
     x = x ^ (x << 13)[:32]
@@ -305,12 +310,13 @@ class TokenSampler(wiring.Component):
     :class:`~tritium.hw.vector.VectorUnit`, whose word leaves a register) and the token taken at once, a choice takes, from
     the start's transfer to the token's (``V = vocab``, ``W = bit_length(inv_temperature) + 4``
     the cycles of one weight, ``R = ceil((base % lanes + V) / lanes)`` the words that hold the
-    logits; :func:`choice_model` gives it exactly)::
+    logits, ``T`` the registered levels of the tree that finds a word's best logit: 1 up to two
+    lanes, 2 at four, 3 at eight; :func:`choice_model` gives it exactly)::
 
-        greedy:    R + L + 4
-        sampling:  R + L + 4                     max pass (a word's lanes registered, its best
-                                                 and the probes' hits registered), the search's end
-                 + P (R + L + 4)                 P count passes (top-k only)
+        greedy:    R + L + 3 + T
+        sampling:  R + L + 3 + T                 max pass (a word's lanes registered, the tree,
+                                                 the running max), the search's end
+                 + P (R + L + 3 + T)             P count passes (top-k only)
                  + V (L + 1) + W C               sum pass: C candidates
                  + 34                            the draw: a xorshift32 step, a 32-cycle product
                  + I (L + 1) + W C_I + 1         pick pass over the first I logits (the pick the
@@ -322,7 +328,7 @@ class TokenSampler(wiring.Component):
     docstring), fewer when a count equals ``top_k`` (on distinct logits the search typically stops
     once a probe falls in the gap between the k-th and the next logit).
     E.g. ``V = 256``, ``L = 2``, ``inv_temperature = 256`` (``W = 13``), four lanes from an
-    aligned base (``R = 64``): greedy 70 cycles; no top-k at most 8,299; top-k 40 at most 3,451
+    aligned base (``R = 64``, ``T = 2``): greedy 71 cycles; no top-k at most 8,298; top-k 40 at most 3,463
     (11 count passes, reached only when more than ``top_k`` logits tie at the max).
     ``vocab = 0``: 1 cycle.
     """
@@ -419,20 +425,28 @@ class TokenSampler(wiring.Component):
         w_line = [Signal(signed(32), name=f"w_line{k}") for k in range(L)]
         w_ok = Signal(L)
         w_pos = Signal(range(V + 2 * L))
-        b_ok, b_z, b_id = Signal(), Signal(signed(32)), Signal(range(V))
-        b_hits = [Signal(L, name=f"b_hits{j}") for j in range(3)]
-        m.d.sync += [w_v.eq(0), b_v.eq(0)]
-        with m.If(w_v):
-            best = [(w_ok[k], w_line[k], (w_pos + k - first)[:len(b_id)]) for k in range(L)]
-            while len(best) > 1:       # pairs in id order: the later wins only when strictly greater
+        # the word's best by a tree over the lanes, one registered level a cycle (pairs in id order:
+        # the later wins only when strictly greater); the probes' hits beside it
+        best = [(w_ok[k], w_line[k], (w_pos + k - first)[:len(arg)]) for k in range(L)]
+        hits = [Cat(*[w_ok[k] & (w_line[k] >= t) for k in range(L)]) for t in t_probe]
+        m.d.sync += w_v.eq(0)             # (set while a word is taken, in STREAM)
+        stage_v, stage_last = w_v, w_last
+        for level in range(_tree_levels(L)):
+            if len(best) > 1:
                 nxt = []
                 for x, y in zip(best[0::2], best[1::2]):
                     take_y = y[0] & (~x[0] | (y[1] > x[1]))
                     nxt.append((x[0] | y[0], Mux(take_y, y[1], x[1]), Mux(take_y, y[2], x[2])))
                 best = nxt
-            m.d.sync += [b_v.eq(1), b_last.eq(w_last), b_ok.eq(best[0][0]), b_z.eq(best[0][1]),
-                         b_id.eq(best[0][2])]
-            m.d.sync += [h.eq(Cat(*[w_ok[k] & (w_line[k] >= t) for k in range(L)])) for h, t in zip(b_hits, t_probe)]
+            regs = [(Signal(name=f"b{level}_ok{i}"), Signal(signed(32), name=f"b{level}_z{i}"),
+                     Signal(range(V), name=f"b{level}_id{i}")) for i in range(len(best))]
+            hit_regs = [Signal(L, name=f"b{level}_hits{j}") for j in range(3)]
+            nv, nl = Signal(name=f"b{level}_v"), Signal(name=f"b{level}_last")
+            m.d.sync += [nv.eq(stage_v), nl.eq(stage_last)] + [h.eq(x) for h, x in zip(hit_regs, hits)]
+            m.d.sync += [r.eq(x) for reg, b in zip(regs, best) for r, x in zip(reg, b)]
+            best, hits, stage_v, stage_last = regs, hit_regs, nv, nl
+        (b_ok, b_z, b_id), b_hits = best[0], hits
+        m.d.comb += [b_v.eq(stage_v), b_last.eq(stage_last)]
         with m.If(b_v):
             with m.If(kind == _Pass.MAX):
                 with m.If(b_ok & (~seen | (b_z > zmax))):
@@ -588,7 +602,8 @@ def choice_model(logits, params, rng_state, *, latency=1, lanes=1, base=0):
         return 0, rng_state, 1, 0
     words = -(-(base % lanes + V) // lanes)                        # a max or count pass's reads
     element = latency + 1                                          # a read in the sum and pick passes
-    cycles = words + latency + 3                                   # max pass (pipelined reads), MAX_END
+    levels = _tree_levels(lanes)                                   # a word's lanes to its best
+    cycles = words + latency + 2 + levels                          # max pass (pipelined reads), MAX_END
     zmax = max(z)
     if params.inv_temperature == 0:
         return z.index(zmax), rng_state, cycles + 1, 0             # OFFER
@@ -599,7 +614,7 @@ def choice_model(logits, params, rng_state, *, latency=1, lanes=1, base=0):
     while lo != hi:                                                # SEARCH, a count pass, COUNT_END
         span = hi - lo
         probes = (lo + (span >> 2), lo + (span >> 1), lo + (span >> 1) + (span >> 2))
-        cycles += words + latency + 4
+        cycles += words + latency + 3 + levels
         passes += 1
         for probe in probes:                                       # three probes a pass
             count = sum(v <= probe for v in d)

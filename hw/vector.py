@@ -383,9 +383,9 @@ class VectorUnit(wiring.Component):
         elementwise instruction streams one element (or ``lanes``) per cycle: ``ceil(n / lanes)
         + 10`` cycles with no stall (a 7-stage pipeline), 2 more with a reduction (folded in
         over 4 cycles); ``quant`` first normalises ``M`` (2 cycles) and divides (``DIVIDER_BITS``
-        quotient bits a cycle, the top 15 known to be zero: 13 cycles), ``gain`` normalises, takes a 62-bit root
-        (``ROOT_BITS`` a cycle) and divides (about 60 cycles). A ``quant`` with ``imm != 0``
-        starts its ``gain`` as its activations stream and ends with the activations; until the
+        quotient bits a cycle, the top 15 known to be zero: 9 cycles), ``gain`` normalises, takes a 62-bit root
+        (``ROOT_BITS`` a cycle) and divides (about 37 cycles). A ``quant`` with ``imm != 0``
+        starts its ``gain`` as its activations stream (they issue while it is taken) and ends with the activations; until the
         gain is taken only a ``matvec`` is accepted, and a rescaling one issues no product
         before it.
     ext : In(stream of :func:`ext_layout`)

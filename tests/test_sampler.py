@@ -377,14 +377,15 @@ def test_cycle_model_matches_simulation(lanes):
             _, state, cycles, _ = choice_model(z, params, state, latency=latency, lanes=lanes, base=base)
             expected.append(cycles)
         assert [c for _, _, c in results] == expected
-    # the docstring's formulas, by hand: greedy R + L + 4 (the max pass pipelined over R reads:
-    # V words at one lane; ceil((base % lanes + V) / lanes) at more); sampling without top-k over
-    # all candidates (R + L + 2) + V (L + 1) + W V + 34 + I (L + 1 + W) + 3, the pick at id I - 1,
-    # W = 13 at inv_temperature 256; with top-k, P more passes of R + L + 4
+    # the docstring's formulas, by hand: greedy R + L + 3 + T (the max pass pipelined over R reads:
+    # V words at one lane, ceil((base % lanes + V) / lanes) at more; T = 1 tree level up to 2
+    # lanes, 2 at 4); sampling without top-k over all candidates (R + L + 1 + T) + V (L + 1) + W V
+    # + 34 + I (L + 1 + W) + 3, the pick at id I - 1, W = 13 at inv_temperature 256; with top-k,
+    # P more passes of R + L + 3 + T
     z = np.zeros(7, np.int64)
     assert choice_model(z, SP(0, 0), 99, latency=3)[2] == 7 + 3 + 4
-    assert choice_model(z, SP(0, 0), 99, latency=3, lanes=4, base=2)[2] == 3 + 3 + 4
-    assert choice_model(z, SP(0, 0), 99, latency=3, lanes=4, base=1)[2] == 2 + 3 + 4
+    assert choice_model(z, SP(0, 0), 99, latency=3, lanes=4, base=2)[2] == 3 + 3 + 5     # T = 2
+    assert choice_model(z, SP(0, 0), 99, latency=3, lanes=4, base=1)[2] == 2 + 3 + 5
     assert exp_weight_cycles(256) == 13 and exp_weight_cycles(65535) == 20 and exp_weight_cycles(1) == 5
     token, _, cycles, _ = choice_model(z, SP(256, 0), 99, latency=1)
     assert cycles == (7 + 1 + 2) + 7 * 2 + 13 * 7 + 34 + (token + 1) * (2 + 13) + 3

@@ -32,8 +32,8 @@ __all__ = ["BOARDS", "BoardTop", "board_platform", "board_build_dir", "bitstream
 #: DP16KD (2048 x 512 bits, 512K trits), and the whole LM step on the chip (four vector lanes).
 #: The system clocks come from each board's PLL: the highest whole-MHz frequency the PLL makes
 #: exactly (the UART divides it to 1 Mbaud exactly) that met timing on nextpnr seeds 1, 2 and 3
-#: (docs/perf/lm.md; from 25 MHz the ECP5 PLL's next exact clock above the ULX3S's 50 MHz is 55,
-#: above the design's Fmax of about 51-54 MHz); the clocks
+#: (docs/perf/lm.md; the ULX3S's 50 MHz: seeds 1 and 2, seed 3's router2 stopped unfinished; from
+#: 25 MHz the ECP5 PLL's next exact clock is 55, above the design's Fmax of about 53 MHz); the clocks
 #: and bauds are the cost model's (:data:`tritium.sim.cost.BOARD_LINKS`).
 BOARDS = {
     "icebreaker": ("amaranth_boards.icebreaker:ICEBreakerPlatform", CONFIGS["up5k-spram"],

@@ -399,7 +399,8 @@ def test_cycle_model_matches_simulation(lanes):
 @pytest.mark.parametrize("lanes", [1, 2, 4])
 def test_sampler_reads_through_the_vector_unit(lanes):
     # Wired to the vector unit's own peek / word ports (wiring.connect: the signatures fit), the
-    # logits in its memory: the spec's tokens and states, in exactly choice_model's cycles at L = 1
+    # logits in its memory: the spec's tokens and states, in exactly choice_model's cycles (the
+    # unit's word two cycles after its request; aligned and unaligned bases)
     from amaranth.hdl import Module
     from amaranth.lib import wiring
 

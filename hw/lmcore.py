@@ -200,7 +200,8 @@ class LMCore(wiring.Component):
         elementwise = _one_of(ins.op, _ELEMENTWISE)
         uses_dst = ~(is_q | (ins.op == VOp.GAIN))
         uses_a, uses_b, uses_c = _one_of(ins.op, _USES_A), _one_of(ins.op, _USES_B), _one_of(ins.op, _USES_C)
-        pairing_bad = Mux(pending_q, ~(is_mv & (ins.c == pending_c)), is_mv)
+        # after a quant, elementwise instructions until its matvec (the engine holds its tiles)
+        pairing_bad = Mux(pending_q, ~((is_mv & (ins.c == pending_c)) | elementwise), is_mv)
         overlap = ((uses_a & (ins.a < ins.dst) & (ins.dst < ins.a + n)) |
                    (uses_b & (ins.b < ins.dst) & (ins.dst < ins.b + n)))
         range_bad = Cat(
@@ -341,7 +342,9 @@ class LMCore(wiring.Component):
             with m.Elif(is_q):
                 m.next = "ENGINE"
             with m.Else():
-                m.d.sync += [emb_i.eq(0), emb_pend.eq(0), emb_dv.eq(0), emb_full.eq(0), pending_q.eq(0)]
+                m.d.sync += [emb_i.eq(0), emb_pend.eq(0), emb_dv.eq(0), emb_full.eq(0)]
+                with m.If(is_mv):
+                    m.d.sync += pending_q.eq(0)
                 m.next = "ISSUE"
 
         # while an instruction runs (EXEC), the next is fetched, decoded and its slot looked up
@@ -404,9 +407,10 @@ class LMCore(wiring.Component):
                     m.d.sync += [ins.eq(prog_rd.data), pre.eq(2)]
                 with m.Elif(pre == 2):                       # the slot table answers `ins.c`
                     m.d.sync += pre.eq(3)
-                # an elementwise instruction after an elementwise one or a rescaling matvec is
-                # checked and offered while that one still runs (the unit takes it as soon as that is safe)
-                with m.If((pre == 3) & (~vu.busy | (exec_elem & elementwise))):
+                # an elementwise instruction or a rescaling matvec after an elementwise one or a
+                # rescaling matvec is checked and offered while that one still runs (the unit
+                # takes it as soon as that is safe)
+                with m.If((pre == 3) & (~vu.busy | (exec_elem & (elementwise | (is_mv & (ins.imm != 0)))))):
                     check()
                 with m.Elif(~vu.busy & (pre != 3)):
                     m.next = "FETCH"

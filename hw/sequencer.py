@@ -384,6 +384,10 @@ class CommandSequencer(wiring.Component):
         value = Signal(range(p.lanes + 1))       # of the tile being sent
         value_byte = Signal(range(acc_bytes + 1))
         tile_byte = Signal(range(p.lanes * acc_bytes + 1))
+        # the byte picked out of the tile is registered before it leaves (the tile's byte
+        # multiplexer then ends at a register, not in the transmitter's CRC): a byte every two
+        # cycles, far above the UART's rate
+        send_b, send_full = Signal(8), Signal()
         with m.State("MV_SLOT"):
             m.d.comb += c.slots_rd.addr.eq(c.fields(P.MATVEC_HEADER).slot[:SLOT_BITS])
             m.next = "MV_CHECK"
@@ -423,14 +427,16 @@ class CommandSequencer(wiring.Component):
         with m.State("MV_TILE"):
             m.d.comb += eng.res.ready.eq(1)
             with m.If(eng.res.valid):
-                m.d.sync += [tile.eq(eng.res.payload), value.eq(0), value_byte.eq(0), tile_byte.eq(0)]
+                m.d.sync += [tile.eq(eng.res.payload), value.eq(0), value_byte.eq(0), tile_byte.eq(0), send_full.eq(0)]
                 m.next = "MV_SEND"
         with m.State("MV_SEND"):
             wide = Cat(*[Cat(v, v[-1].replicate(acc_bytes * 8 - p.acc_width))
                          for v in (tile.values[i] for i in range(p.lanes))])
-            m.d.comb += [self.reply.payload.valid.eq(1), self.reply.payload.payload.eq(wide.word_select(tile_byte, 8))]
-            with m.If(self.reply.payload.ready):
-                m.d.sync += tile_byte.eq(tile_byte + 1)
+            with m.If(~send_full):
+                m.d.sync += [send_b.eq(wide.word_select(tile_byte, 8)), send_full.eq(1)]
+            m.d.comb += [self.reply.payload.valid.eq(send_full), self.reply.payload.payload.eq(send_b)]
+            with m.If(send_full & self.reply.payload.ready):
+                m.d.sync += [tile_byte.eq(tile_byte + 1), send_full.eq(0)]
                 with m.If(value_byte == acc_bytes - 1):
                     m.d.sync += [value_byte.eq(0), value.eq(value + 1)]
                     with m.If(value == tile.count - 1):

@@ -796,6 +796,7 @@ class VectorUnit(wiring.Component):
         # unless it streams faster than the one before: a wide one after a narrow one waits)
         p = self.instr.payload
         p_elem = _one_of(p.op, _ELEMENTWISE)
+        p_rmv = (p.op == VOp.MATVEC) & (p.imm != 0)     # a rescaling matvec: elementwise on `ext`
         p_wide = Cat(*(lane_of(f) == 0 for f in (p.dst, p.a, p.b, p.c))).all() if L > 1 else Const(0, 1)
 
         def take(p):
@@ -812,7 +813,7 @@ class VectorUnit(wiring.Component):
 
         red_free = ~(((p.red == lmstep.RED_MAX) & reducing(lmstep.RED_MAX)) |
                      ((p.red == lmstep.RED_SUMSQ) & reducing(lmstep.RED_SUMSQ)))
-        m.d.comb += overlap.eq(running & overlappable & ~more[0] & (issues == OVERLAP_ISSUES) & p_elem &
+        m.d.comb += overlap.eq(running & overlappable & ~more[0] & (issues == OVERLAP_ISSUES) & (p_elem | p_rmv) &
                                ~gain_busy & red_free & clear(p.a, _one_of(p.op, _READS_A)) &
                                clear(p.b, _one_of(p.op, _READS_B)))
 
@@ -860,7 +861,7 @@ class VectorUnit(wiring.Component):
                 m.d.comb += self.instr.ready.eq(overlap)
                 with m.If(self.instr.valid & overlap):      # the next elementwise one, while this drains
                     take(p)
-                    m.d.sync += [wide.eq(p_wide), overlappable.eq(1)]
+                    m.d.sync += [wide.eq(Mux(p_rmv, lane_of(p.dst) == 0, p_wide) if L > 1 else 0), overlappable.eq(1)]
                 with m.Elif(~more[0] & ~Cat(*v, v0r).any()):
                     m.d.sync += running.eq(0)
                     m.next = "DRAIN"

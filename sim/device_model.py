@@ -307,7 +307,8 @@ class DeviceModel:
                 raise _Refused(code)
             lmstep.execute(op, self.vmem, self.regs, self.cmem, embed_row=lambda: self._embed_row(token, op.n),
                            matvec=self._matvec)
-            self._pending = op.c if op.code == "quant" else None
+            if op.code in ("quant", "matvec"):
+                self._pending = op.c if op.code == "quant" else None
         if self._pending is not None:
             raise _Refused(P.Err.OUT_OF_RANGE)
 
@@ -317,8 +318,9 @@ class DeviceModel:
         ``None`` when it may run. In order: UNKNOWN_OP; OUT_OF_RANGE for a vector operand past
         the vector memory, constants past the constant memory, an embedding row past the
         embedding memory, a bad reduction, a part-way overlap of an elementwise destination and
-        source, or a broken ``quant`` / ``matvec`` pair (a ``quant`` must be followed at once by
-        the ``matvec`` of the same slot, and a ``matvec`` must follow one); then for ``quant`` /
+        source, or a broken ``quant`` / ``matvec`` pair (after a ``quant`` only elementwise
+        instructions may come before the ``matvec`` of the same slot, and a ``matvec`` must close
+        such a ``quant``); then for ``quant`` /
         ``matvec`` BAD_SLOT, EMPTY_SLOT and OUT_OF_RANGE for a count that does not fit the slot's
         matrix (``docs/protocol.md``, GENERATE)."""
         if op is None:
@@ -335,8 +337,8 @@ class DeviceModel:
             or (op.red != 0 and (not elementwise or n == 0)) \
             or (op.red == lmstep.RED_SUMSQ and n > golden.MAX_VECTOR) \
             or (elementwise and n > 0 and any(getattr(op, src) < op.dst < getattr(op, src) + n for src in sources)) \
-            or (code == "matvec") != (self._pending is not None) \
-            or (self._pending is not None and op.c != self._pending)
+            or (code == "matvec" and self._pending != op.c) \
+            or (self._pending is not None and code != "matvec" and not elementwise)
         if bad:
             return P.Err.OUT_OF_RANGE
         if code in ("quant", "matvec"):

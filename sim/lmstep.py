@@ -25,7 +25,7 @@ from . import golden
 from .golden import TritiumValueError
 
 __all__ = ["Op", "LMImage", "compile_mmfree", "execute", "NumpyRunner", "IntegerLM", "choose_token", "rng_seed",
-           "SamplingParams", "CONST_BITS", "VECTOR_ALIGN", "OPCODES", "REDUCTIONS", "ELEMENTWISE", "READS_A", "READS_B", "READS_C"]
+           "SamplingParams", "defer_products", "CONST_BITS", "VECTOR_ALIGN", "OPCODES", "REDUCTIONS", "ELEMENTWISE", "READS_A", "READS_B", "READS_C"]
 
 #: Width of the constant vectors' mantissas (norm weights, lower bounds): block floating point.
 CONST_BITS = 8
@@ -133,6 +133,37 @@ def _gain_constant(k, s_w):
     return m, shift
 
 
+def _spans(op):
+    """The vector-memory ranges ``op`` reads and the one it writes (``(start, end)`` pairs)."""
+    reads = [(getattr(op, f), getattr(op, f) + op.n) for f, codes in (("a", READS_A), ("b", READS_B))
+             if op.code in codes]
+    return reads, (op.dst, op.dst + op.n)
+
+
+def defer_products(program):
+    """``program`` with each ``matvec`` moved past the elementwise instructions right after it
+    that neither read nor write its result: the engine holds the product's tiles meanwhile, and
+    the vector unit works while the engine computes. The results are those of ``program``
+    exactly: an elementwise instruction touches neither the engine's activations nor ``G``
+    (which only ``quant`` and ``gain`` set), and the moved ``matvec`` stops before any
+    instruction that is not elementwise (the device refuses those between a ``quant`` and its
+    ``matvec``) and before any that reads or writes its destination."""
+    out, i = list(program), 0
+    while i < len(out):
+        mv = out[i]
+        if mv.code == "matvec":
+            j = i + 1
+            while j < len(out) and out[j].code in ELEMENTWISE:
+                reads, write = _spans(out[j])
+                if any(lo < mv.dst + mv.n and mv.dst < hi for lo, hi in reads + [write]):
+                    break
+                j += 1
+            out.insert(j - 1, out.pop(i))
+            i = j - 1
+        i += 1
+    return out
+
+
 def compile_mmfree(model, *, const_bits=CONST_BITS, embed_bits=EMBED_BITS):
     """Compile a loaded MatMul-free :class:`~tritium.host.models.TernaryModel` to an :class:`LMImage`."""
     if model.arch != "mmfreelm":
@@ -221,6 +252,9 @@ def compile_mmfree(model, *, const_bits=CONST_BITS, embed_bits=EMBED_BITS):
     mulc("v", "h", "model.norm", f["model.norm.weight"], H, RED_SUMSQ)
     bitlinear("lm_head", "v", "logits", H, cfg.vocab)
 
+    # each product's tiles wait in the engine while the vector unit runs the independent
+    # elementwise work after it (the mixer's next weighted input, its gates)
+    prog = defer_products(prog)
     return LMImage(cfg, prog, top, vectors, np.concatenate(cwords).astype(np.int8), consts, mats, names, e8, scale,
                    reset)
 

@@ -192,8 +192,8 @@ def _faulting_program(img, fault):
         return prog[:q] + [Op("mul", 10, 8, 8, n=4)] + prog[q:]
     if fault == "reduction":
         return prog[:q] + [Op("gain", red=1)] + prog[q:]
-    if fault == "unpaired quant":
-        return prog[:q + 1] + [Op("add", 0, 0, 0, n=1)] + prog[q + 1:]
+    if fault == "unpaired quant":      # (elementwise instructions may come before its matvec)
+        return prog[:q + 1] + [Op("add", 0, 0, 0, n=1), Op("gain")] + prog[q + 1:]
     if fault == "unpaired matvec":
         return prog[:q] + prog[q + 1:]
     if fault == "empty slot":

@@ -208,6 +208,42 @@ def test_integer_step_is_batched_exactly(image):
             assert np.array_equal(alone.step(seqs[r, t]), out[t][r])
 
 
+def test_deferred_products_keep_every_integer(image):
+    # The compiler moves each matvec past the independent elementwise work after it; the step
+    # in the program's written order leaves the same vector memory (the logits, every state).
+    def undeferred(prog):      # each matvec back right after its quant
+        out = []
+        for op in prog:
+            if op.code == "matvec":
+                q = max(i for i, o in enumerate(out) if o.code == "quant")
+                out.insert(q + 1, op)
+            else:
+                out.append(op)
+        return out
+
+    moved = [i for i, op in enumerate(image.program) if op.code == "matvec" and image.program[i - 1].code != "quant"]
+    assert len(moved) >= 3 * image.config.layers        # f, i and g of every layer
+    assert lmstep.defer_products(undeferred(image.program)) == image.program
+    plain = lmstep.IntegerLM(image)
+    written = lmstep.IntegerLM(image)
+    written_prog = undeferred(image.program)
+    for t in b"The loop ends.":
+        plain.step(t)
+        written.run(written_prog, np.int64(t))
+        assert np.array_equal(plain.vmem, written.vmem)       # the logits and every state
+
+
+def test_defer_products_stops_at_a_reader_a_writer_and_a_non_elementwise_op():
+    Op = lmstep.Op
+    prog = [Op("quant", a=0, n=8, c=0), Op("matvec", 64, n=16, c=0), Op("add", 8, 8, 8, n=8),
+            Op("mul", 32, 72, 32, n=8), Op("add", 0, 0, 0, n=8)]
+    assert [o.code for o in lmstep.defer_products(prog)] == ["quant", "add", "matvec", "mul", "add"]
+    prog[3] = Op("silu", 70, 0, n=8)          # writes into the product's result
+    assert [o.code for o in lmstep.defer_products(prog)] == ["quant", "add", "matvec", "silu", "add"]
+    prog[2] = Op("gain")                      # not elementwise: stays after the matvec
+    assert [o.code for o in lmstep.defer_products(prog)] == ["quant", "matvec", "gain", "silu", "add"]
+
+
 def test_integer_validation_loss_within_001_nats_of_float(model):
     # the target of the on-chip step: a slice of the held-out text here (make bench: all of it)
     r = validation_loss(model, seq=64, sequences=12)

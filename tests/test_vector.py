@@ -298,7 +298,8 @@ def test_back_to_back_elementwise_instructions_match_the_spec(seed, lanes):
     # OVERLAP_ISSUES limit, wide after narrow and narrow after wide), a vector overlapping it
     # part-way (must wait), or one apart; reductions into the same and the other register one
     # after another, observed through a gain and its rescale now and then (M and SS); and
-    # rescaled products (quant, matvec) read by the next instruction.
+    # rescaled products (quant, matvec) read by the next instruction, some with elementwise
+    # instructions between the quant and its matvec (the compiler's deferred products).
     from tritium.hw.vector import OVERLAP_ISSUES
     rng = np.random.default_rng(100 + seed)
     area, words = 64, 320
@@ -337,11 +338,21 @@ def test_back_to_back_elementwise_instructions_match_the_spec(seed, lanes):
             continue
         ops.append(op)
         prev = op
-        if rng.random() < 0.12:                  # M and SS, seen through a gain and its rescale
+        if rng.random() < 0.12 and not 3 * area - 8 < prev.dst < 3 * area + 8:   # M and SS, seen through a gain and its rescale
             ops += [Op("gain", imm=int(rng.integers(1, 65536)), shift=12), Op("rescale", 3 * area, prev.dst, n=8)]
         elif rng.random() < 0.12:                # a rescaled product, its result read next
-            prev = Op("matvec", place(int(rng.integers(0, words - rows))), n=rows, c=0, imm=1)
-            ops += [Op("quant", a=place(int(rng.integers(0, 3 * area - k))), n=k, imm=int(rng.integers(1, 65536)),
-                       shift=int(rng.integers(6, 14))), prev]
+            mv = Op("matvec", place(int(rng.integers(0, words - rows))), n=rows, c=0, imm=1)
+            qa = place(int(rng.integers(0, 3 * area - k)))
+            # (a program's rule: quant's M is the max of the vector it quantizes)
+            ops += [Op("rsub", qa, qa, qa, n=k, red=lmstep.RED_MAX),
+                    Op("quant", a=qa, n=k, imm=int(rng.integers(1, 65536)), shift=int(rng.integers(6, 14)))]
+            if rng.random() < 0.5:               # elementwise work before the matvec (which may
+                # then be taken while it drains), reading the vector just written, a reduction too
+                extra = Op("mul", 3 * area + 8, prev.dst, place(int(rng.integers(0, area))), n=int(rng.choice(lengths)),
+                           red=int(rng.choice([0, 1, 2])))
+                if not (extra.a < extra.dst < extra.a + extra.n or extra.a + extra.n > words):
+                    ops.append(extra)
+            ops.append(mv)
+            prev = mv
     got, spec, _ = _run_ops(ops, vmem0, c, seed=seed, lanes=lanes, stall_prob=0.15, ext=lambda op, xq: w @ xq)
     assert np.array_equal(got, spec)
